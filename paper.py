@@ -1,0 +1,52 @@
+"""Every number taken from Krizhevsky, Sutskever & Hinton (2012), with the section it comes from.
+
+The rest of the code imports these names instead of repeating the literals, so a reader can
+check the reproduction against the paper in one place.
+"""
+
+# §2 (The Dataset): images are down-sampled so the shorter side is 256, then the central
+# 256x256 patch is kept.
+STORED_SIZE = 256
+
+# §4.1 (Data Augmentation): random 224x224 patches and their horizontal reflections.
+CROP_SIZE = 224
+FLIP_PROBABILITY = 0.5
+
+# §4.1: PCA lighting, alpha_i ~ N(0, 0.1) drawn once per image each time it is used.
+LIGHTING_STD = 0.1
+
+# §3.3 (Local Response Normalization): b = a / (k + alpha * sum a^2) ** beta over n channels.
+LRN_K = 2.0
+LRN_SIZE = 5
+LRN_ALPHA = 1e-4
+LRN_BETA = 0.75
+
+# §3.4 (Overlapping Pooling): z x z = 3x3 windows with stride s = 2.
+POOL_KERNEL = 3
+POOL_STRIDE = 2
+
+# §4.2 (Dropout): p = 0.5 on the first two fully connected layers.
+DROPOUT = 0.5
+
+# §5 (Details of learning).
+BATCH_SIZE = 128
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+LEARNING_RATE = 0.01
+LR_DROP_FACTOR = 0.1  # "divided the learning rate by 10 when the validation error rate stopped improving"
+LR_DROPS = 3  # "reduced three times prior to termination"
+EPOCHS = 90  # "roughly 90 cycles through the training set"
+INIT_WEIGHT_STD = 0.01  # zero-mean Gaussian, standard deviation 0.01
+INIT_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")  # "constant 1"; all others 0
+
+# §6 (Results) / §4.1: test-time prediction averages the softmax over ten 224x224 patches:
+# the four corners and the centre, and their horizontal reflections.
+TEN_CROP = 10
+
+# §3.5 / Figure 2: the layer widths, split in two columns ("GPUs").
+NUM_CLASSES = 1000
+CONV_CHANNELS = (96, 256, 384, 384, 256)
+CONV_KERNELS = (11, 5, 3, 3, 3)  # 11x11x3, 5x5x48, 3x3x256, 3x3x192, 3x3x192
+CONV1_STRIDE = 4  # "with a stride of 4 pixels"
+COLUMNS = 2  # §3.2: half of the kernels (or neurons) on each of two GPUs
+FC_WIDTH = 4096

@@ -1,0 +1,189 @@
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+from click.testing import CliRunner
+
+from tools.cli import main
+from tools.layouts import detect
+from tools.sample import make_sample
+from tools.shard import ShardError, ShardSettings, run
+
+QUIET = {"log": lambda _: None}
+
+
+def _members(tar_path) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar_path) as t:
+        for m in t:
+            key, ext = m.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = t.extractfile(m).read()
+    return samples
+
+
+def _all_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix in (".tar", ".idx", ".npy")}
+
+
+def _made_by_shard(out: Path) -> dict[str, bytes]:
+    return {k: v for k, v in _all_bytes(out).items() if k != "mean.npy"}
+
+
+def _shard(src, out, **kw):
+    return run(ShardSettings(src=str(src), out=str(out), workers=kw.pop("workers", 1), **kw), **QUIET)
+
+
+@pytest.mark.parametrize("layout,year", [("raw", 2012), ("raw", 2010), ("folders", 2012), ("kaggle", 2012)])
+def test_every_layout_every_sample_once_with_sorted_wnid_labels(tmp_path, layout, year):
+    src = tmp_path / "src"
+    make_sample(str(src), layout=layout, classes=3, train_per_class=5, val_per_class=2, seed=1, year=year)
+    m = _shard(src, tmp_path / "out", shard_size=4)
+    wnids = sorted(c["wnid"] for c in m["classes"])
+    assert [c["wnid"] for c in m["classes"]] == wnids and [c["index"] for c in m["classes"]] == [0, 1, 2]
+    lay = detect(str(src))
+    for split in ("train", "val"):
+        expected = {r.key: r.wnid for r in lay.samples(split)}
+        skipped = {s["key"] for s in m["splits"][split]["skipped"]}
+        seen = {}
+        for entry in m["splits"][split]["shards"]:
+            for key, s in _members(tmp_path / "out" / entry["name"]).items():
+                assert key not in seen
+                meta = json.loads(s["json"])
+                seen[key] = meta["wnid"]
+                assert int(s["cls"]) == wnids.index(meta["wnid"]) == meta["label"]
+                assert int.from_bytes(s["lbl"], "little") == meta["label"]
+        assert set(seen) | skipped == set(expected) and not set(seen) & skipped
+        assert seen == {k: w for k, w in expected.items() if k not in skipped}
+        assert m["splits"][split]["samples"] == len(seen)
+    # the sample's one truncated JPEG is the only skipped image, and it is recorded with a reason
+    skipped = m["splits"]["train"]["skipped"]
+    assert len(skipped) == 1 and "truncated" in skipped[0]["reason"]
+
+
+def test_train_shards_mix_classes_and_val_keeps_file_order(sample_shards):
+    m = json.loads((sample_shards / "manifest.json").read_text())
+    for entry in m["splits"]["train"]["shards"]:
+        labels = {int(s["cls"]) for s in _members(sample_shards / entry["name"]).values()}
+        assert len(labels) > 1
+    val_keys = [k for e in m["splits"]["val"]["shards"] for k in _members(sample_shards / e["name"])]
+    assert val_keys == sorted(val_keys) and val_keys[0].endswith("00000001")
+
+
+def test_same_seed_same_bytes_other_seed_other_order(tmp_path, sample_src, sample_shards):
+    _shard(sample_src, tmp_path / "a", shard_size=16)
+    assert _all_bytes(tmp_path / "a") == _made_by_shard(sample_shards)
+    _shard(sample_src, tmp_path / "b", shard_size=16, seed=1)
+    a, b = _all_bytes(tmp_path / "a"), _all_bytes(tmp_path / "b")
+    assert a["val-000000.tar"] == b["val-000000.tar"] and a["train-000000.tar"] != b["train-000000.tar"]
+
+
+def test_killed_run_resumes_to_byte_identical_shards(tmp_path, sample_src, sample_shards):
+    """SIGKILL a real run after its first shard, rerun the same command, compare with a clean run."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tools.cli", "shard", "--src", str(sample_src), "--out", str(out),
+           "--shard-size", "16", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((out / ".prep").glob("train-*.json")):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = list((out / ".prep").glob("train-*.json"))
+    assert 1 <= len(done) < 4 and not (out / "manifest.json").exists()
+    (out / ".train-000003.tar.tmp-1-deadbeef").write_bytes(b"half a shard")  # as a kill mid-write leaves
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "already done" in result.stdout
+    expected = _made_by_shard(sample_shards)
+    assert _all_bytes(out) == expected
+    assert not list(out.glob(".*tmp*"))
+    m1 = json.loads((out / "manifest.json").read_text())
+    m2 = json.loads((sample_shards / "manifest.json").read_text())
+    assert m1["splits"] == m2["splits"]
+
+
+def test_rerun_with_other_options_is_refused_unless_overwrite(tmp_path, sample_src):
+    _shard(sample_src, tmp_path / "o", shard_size=16, splits=("val",))
+    before = (tmp_path / "o" / "val-000000.tar").read_bytes()
+    with pytest.raises(ShardError, match="other options.*quality"):
+        _shard(sample_src, tmp_path / "o", shard_size=16, splits=("val",), quality=80)
+    assert (tmp_path / "o" / "val-000000.tar").read_bytes() == before
+    _shard(sample_src, tmp_path / "o", shard_size=16, splits=("val",), quality=80, overwrite=True)
+    assert (tmp_path / "o" / "val-000000.tar").read_bytes() != before
+
+
+def test_nodes_write_disjoint_shards_that_merge_into_single_node_result(tmp_path, sample_src, sample_shards):
+    out = tmp_path / "nodes"
+    for rank in range(3):
+        _shard(sample_src, out, shard_size=16, num_nodes=3, node_rank=rank)
+    owned = [json.loads((out / f"manifest.node-{r}-of-3.json").read_text()) for r in range(3)]
+    names = [s["name"] for m in owned for body in m["splits"].values() for s in body["shards"]]
+    assert len(names) == len(set(names)) == 4
+    result = CliRunner().invoke(main, ["merge-manifest", "--shards", str(out)])
+    assert result.exit_code == 0, result.output
+    merged = json.loads((out / "manifest.json").read_text())
+    single = json.loads((sample_shards / "manifest.json").read_text())
+    assert merged["splits"] == single["splits"]
+
+
+def test_merge_refuses_when_a_node_is_missing(tmp_path, sample_src):
+    out = tmp_path / "nodes"
+    _shard(sample_src, out, shard_size=16, num_nodes=2, node_rank=0)
+    result = CliRunner().invoke(main, ["merge-manifest", "--shards", str(out)])
+    assert result.exit_code == 1 and "1 of 2 node manifests" in result.output
+    assert not (out / "manifest.json").exists()
+
+
+def test_subsets_limit_classes_and_per_class(tmp_path, sample_src):
+    m = _shard(sample_src, tmp_path / "s", shard_size=100, limit_classes=2, per_class=3)
+    assert len(m["classes"]) == 2
+    assert m["splits"]["train"]["samples"] + len(m["splits"]["train"]["skipped"]) == 6
+    assert m["splits"]["val"]["samples"] == 6
+
+
+def test_memory_urls_for_src_and_out():
+    make_sample("memory://m/src", layout="folders", classes=2, train_per_class=3, val_per_class=2)
+    m = _shard("memory://m/src", "memory://m/out", shard_size=8)
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/m/out/manifest.json") and fs.exists("/m/out/train-000000.idx")
+    with tarfile.open(fileobj=io.BytesIO(fs.cat_file("/m/out/val-000000.tar"))) as t:
+        assert len(t.getnames()) == 4 * m["splits"]["val"]["samples"]
+
+
+def test_parallel_workers_give_the_same_bytes(tmp_path, sample_src, sample_shards):
+    _shard(sample_src, tmp_path / "p", shard_size=16, workers=2)
+    assert _all_bytes(tmp_path / "p") == _made_by_shard(sample_shards)
+
+
+def test_cli_strict_exits_1_after_finishing_and_bad_src_lists_layouts(tmp_path, sample_src):
+    runner = CliRunner()
+    r = runner.invoke(main, ["shard", "--src", str(sample_src), "--out", str(tmp_path / "x"),
+                             "--shard-size", "64", "--workers", "1", "--strict"])
+    assert r.exit_code == 1 and "skipped 1 undecodable" in r.output
+    assert (tmp_path / "x" / "manifest.json").exists()
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(main, ["shard", "--src", str(tmp_path / "empty"), "--out", str(tmp_path / "y")])
+    assert r.exit_code == 1 and "ILSVRC2012_img_train.tar" in r.output and "LOC_synset_mapping" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    r = runner.invoke(main, ["shard", "--src", str(sample_src), "--out", str(tmp_path / "z"),
+                             "--shard-size", "0"])
+    assert r.exit_code == 1 and "--shard-size" in r.output and not (tmp_path / "z").exists()
+
+
+def test_prep_never_imports_torch_or_dali(tmp_path, sample_src):
+    code = (
+        "import sys; from tools.cli import main\n"
+        f"main(['shard', '--src', {str(sample_src)!r}, '--out', {str(tmp_path / 'n')!r}, '--workers', '1',"
+        " '--split', 'val'], standalone_mode=False)\n"
+        f"main(['verify', '--shards', {str(tmp_path / 'n')!r}, '--workers', '1'], standalone_mode=False)\n"
+        "bad = [m for m in ('torch', 'nvidia.dali') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

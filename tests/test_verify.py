@@ -1,0 +1,93 @@
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from tools.cli import main
+from tools.verify import verify
+
+
+@pytest.fixture
+def shards(sample_shards, tmp_path):
+    copy = tmp_path / "shards"
+    shutil.copytree(sample_shards, copy)
+    return copy
+
+
+def _run(shards):
+    return CliRunner().invoke(main, ["verify", "--shards", str(shards), "--workers", "1"])
+
+
+def test_good_shards_verify(shards):
+    r = _run(shards)
+    assert r.exit_code == 0 and "all shards verified" in r.output
+
+
+def test_a_flipped_byte_is_caught_with_its_shard(shards):
+    tar = shards / "train-000001.tar"
+    data = bytearray(tar.read_bytes())
+    data[5000] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    r = _run(shards)
+    assert r.exit_code == 1 and "train-000001.tar: sha256 differs" in r.output
+
+
+def test_truncated_tar_is_caught(shards):
+    tar = shards / "train-000000.tar"
+    tar.write_bytes(tar.read_bytes()[:20000])
+    problems = verify(str(shards))
+    assert any(p.startswith("train-000000.tar:") and "bytes, manifest says" in p for p in problems)
+    assert any("train-000000.tar:" in p and "samples, manifest says" in p for p in problems)
+
+
+def test_missing_and_stale_index_are_caught_and_index_rebuilds(shards):
+    (shards / "val-000000.idx").unlink()
+    (shards / "train-000002.idx").write_text("v1.2 1\njpg 0 1 x.jpg\n")
+    r = _run(shards)
+    assert r.exit_code == 1
+    assert "val-000000.tar: index file val-000000.idx missing" in r.output
+    assert "train-000002.tar: index file does not match the tar" in r.output
+    assert CliRunner().invoke(main, ["index", "--shards", str(shards)]).exit_code == 0
+    assert _run(shards).exit_code == 0
+
+
+def test_wrong_count_in_manifest_is_caught(shards):
+    m = json.loads((shards / "manifest.json").read_text())
+    m["splits"]["val"]["shards"][0]["samples"] += 1
+    (shards / "manifest.json").write_text(json.dumps(m))
+    assert "val-000000.tar: 16 samples, manifest says 17" in verify(str(shards))
+
+
+def test_bad_sample_contents_are_reported_with_shard_and_key(shards):
+    import io
+    import tarfile
+
+    from tools import wds
+    from tools.writer import sample_dict
+
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, mtime=0, encoder=False) as w:
+        w.write(sample_dict("good_but_label_99", (shards / "mean.npy").read_bytes()[:10], 99, {"label": 99}))
+        w.write({"__key__": "no_jpg", "cls": b"1"})
+    (shards / "train-000000.tar").write_bytes(buf.getvalue())
+    problems = verify(str(shards))
+    assert "train-000000.tar: good_but_label_99: label 99 outside 0..3" in problems
+    assert any(p.startswith("train-000000.tar: good_but_label_99: jpg does not decode") for p in problems)
+    assert "train-000000.tar: no_jpg: missing jpg, lbl, json" in problems
+    assert tarfile.is_tarfile(shards / "train-000000.tar")
+
+
+def test_extra_tar_and_stale_pca_are_caught(shards):
+    shutil.copy(shards / "val-000000.tar", shards / "val-000009.tar")
+    pca = json.loads((shards / "pca.json").read_text())
+    pca["shards"] = "0" * 64
+    (shards / "pca.json").write_text(json.dumps(pca))
+    problems = verify(str(shards))
+    assert "val-000009.tar: tar not listed in the manifest" in problems
+    assert any(p.startswith("pca.json: made from other train shards") for p in problems)
+
+
+def test_no_manifest_is_one_clear_problem(tmp_path):
+    r = _run(tmp_path)
+    assert r.exit_code == 1 and "no manifest" in r.output

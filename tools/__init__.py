@@ -1,0 +1,1 @@
+"""Offline preparation: ILSVRC in, verified 256px WebDataset shards and their statistics out."""

@@ -1,0 +1,60 @@
+"""Atomic writes through fsspec: a temp name in the same folder, fsync, then rename.
+
+A reader (or a resumed run) therefore sees either the old file or the complete new one, never a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def temp_name(path: str) -> str:
+    """A unique hidden sibling of `path` (same folder, so the final rename stays atomic)."""
+    head, tail = path.rsplit("/", 1) if "/" in path else ("", path)
+    name = f".{tail}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return f"{head}/{name}" if head else name
+
+
+@contextmanager
+def atomic_write(url: str) -> Iterator[IO[bytes]]:
+    """Open `url` for binary writing; the file appears under its name only if the block succeeds."""
+    fs, path = fsspec.core.url_to_fs(url)
+    tmp = temp_name(path)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            with fs.open(tmp, "wb") as f:
+                yield f
+            fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    with atomic_write(url) as f:
+        f.write(data)
+
+
+def write_json(url: str, obj: Any) -> None:
+    write_bytes(url, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(url: str) -> Any:
+    with fsspec.open(url, "rb") as f:
+        return json.loads(f.read())

@@ -1,0 +1,205 @@
+"""`alexnet-prep`: ILSVRC in, verified 256px WebDataset shards and their statistics out.
+
+    alexnet-prep sample --out data/sample              # a small synthetic ILSVRC copy
+    alexnet-prep shard --src ILSVRC2012 --out shards/  # any supported layout, auto-detected
+    alexnet-prep pca-stats --shards shards/            # pca.json + mean.npy
+    alexnet-prep verify --shards shards/               # re-read and check everything
+
+Imports neither torch nor DALI: it runs on a CPU-only preparation box and starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+DEFAULT_WORKERS = os.cpu_count() or 1
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option("0.1.0", prog_name="alexnet-prep")
+def main() -> None:
+    """Prepare ILSVRC for alexnet-repro: shards, index files, PCA lighting stats, checks."""
+
+
+@main.command()
+@click.option("--out", required=True, help="Folder or fsspec URL to write the dataset into.")
+@click.option("--layout", type=click.Choice(["raw", "folders", "kaggle"]), default="raw",
+              help="raw: the never-extracted ILSVRC downloads; folders: train/<wnid>/, val/<wnid>/; "
+                   "kaggle: ILSVRC/Data/CLS-LOC with LOC_*.csv/txt.")
+@click.option("--classes", type=click.IntRange(2, 1000), default=10, help="Number of classes.")
+@click.option("--train-per-class", type=click.IntRange(1), default=40, help="Training images per class.")
+@click.option("--val-per-class", type=click.IntRange(1), default=10, help="Validation images per class.")
+@click.option("--seed", type=int, default=0, help="Same seed, byte-identical files.")
+@click.option("--year", type=click.Choice(["2012", "2010"]), default="2012",
+              help="Devkit and file names of this ILSVRC year (raw layout only).")
+def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_class: int, seed: int,
+           year: str) -> None:
+    """Write a small synthetic dataset in the exact shape of a real ILSVRC copy.
+
+    Class-dependent shapes, colours and textures (learnable), ImageNet-like sizes and aspect ratios,
+    and the real data's quirks: a CMYK JPEG, a grayscale JPEG, a PNG named .JPEG and one truncated
+    JPEG (the one image `shard` must skip).
+    """
+    from tools.sample import make_sample
+
+    if year == "2010" and layout != "raw":
+        _fail("--year 2010 is only available with --layout raw")
+    try:
+        summary = make_sample(out, layout=layout, classes=classes, train_per_class=train_per_class,
+                              val_per_class=val_per_class, seed=seed, year=int(year))
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(f"{out}: {summary['layout']} sample, {summary['classes']} classes, "
+               f"{summary['train']} train + {summary['val']} val images")
+
+
+@main.command()
+@click.option("--src", required=True, help="The ILSVRC copy: folder or fsspec URL (layout auto-detected).")
+@click.option("--out", default="shards", help="Folder or fsspec URL for the shards.")
+@click.option("--split", "splits", default="train,val", help="Comma-separated splits to write.")
+@click.option("--shard-size", type=int, default=None,
+              help="Samples per shard [default: 5000, ~145 MB of 256px JPEGs at full scale].")
+@click.option("--quality", type=int, default=None, help="JPEG quality of the stored images [default: 90].")
+@click.option("--seed", type=int, default=0, help="Seed of the train shuffle across shards.")
+@click.option("--workers", type=int, default=DEFAULT_WORKERS, help="Parallel processes (one shard each).")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any image had to be skipped.")
+@click.option("--limit-classes", type=int, default=None, help="Only the first N classes (sorted wnids).")
+@click.option("--per-class", type=int, default=None,
+              help="Only the first N images of each class and split.")
+@click.option("--overwrite", is_flag=True, help="Replace shards made in --out with other options.")
+@click.option("--num-nodes", type=int, default=1, help="Machines sharing the work (see --node-rank).")
+@click.option("--node-rank", type=int, default=0,
+              help="This machine's share: shards i with i % num-nodes == node-rank; then merge-manifest.")
+def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int | None, seed: int,
+          workers: int, strict: bool, limit_classes: int | None, per_class: int | None, overwrite: bool,
+          num_nodes: int, node_rank: int) -> None:
+    """Resize every image (shorter side 256, centre 256x256 crop) into WebDataset tar shards.
+
+    Rerunning the same command after an interruption finishes only what is missing; the shards are
+    byte-identical to an uninterrupted run. Undecodable images are skipped and listed in
+    manifest.json. Writes a DALI .idx beside each tar and manifest.json last.
+    """
+    from tools.layouts import LayoutError
+    from tools.resize import DEFAULT_QUALITY
+    from tools.shard import ShardError, ShardSettings, run
+    from tools.writer import DEFAULT_SHARD_SIZE
+
+    settings = ShardSettings(
+        src=src.rstrip("/"), out=out.rstrip("/"),
+        splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+        shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size,
+        quality=DEFAULT_QUALITY if quality is None else quality, seed=seed, workers=workers, strict=strict,
+        limit_classes=limit_classes, per_class=per_class, overwrite=overwrite, num_nodes=num_nodes,
+        node_rank=node_rank)
+    try:
+        m = run(settings, log=click.echo)
+    except (LayoutError, ShardError) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(str(e))
+    skipped = [s for body in m["splits"].values() for s in body["skipped"]]
+    for split, body in m["splits"].items():
+        click.echo(f"{split}: {body['samples']} samples in {len(body['shards'])} shards")
+    if skipped:
+        click.echo(f"skipped {len(skipped)} undecodable images (listed in manifest.json):", err=True)
+        for s in skipped[:20]:
+            click.echo(f"  {s['source']}: {s['reason']}", err=True)
+        if strict:
+            sys.exit(1)
+
+
+@main.command("merge-manifest")
+@click.option("--shards", default="shards", help="The shard folder all nodes wrote into.")
+def merge_manifest(shards: str) -> None:
+    """Join the manifest.node-R-of-K.json files of a multi-node run into manifest.json."""
+    import fsspec
+
+    from tools import atomic, manifest
+
+    shards = shards.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(shards)
+    names = sorted(p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith("manifest.node-"))
+    if not names:
+        _fail(f"{shards}: no manifest.node-*.json files to merge")
+    parts = [atomic.read_json(f"{shards}/{n.rsplit('/', 1)[-1]}") for n in names]
+    expected = parts[0]["options"].get("num_nodes", 1)
+    if len(parts) != expected:
+        _fail(f"{shards}: {len(parts)} of {expected} node manifests present")
+    try:
+        merged = manifest.merge(parts)
+    except manifest.ManifestError as e:
+        _fail(f"{shards}: {e}")
+    atomic.write_json(f"{shards}/{manifest.MANIFEST}", merged)
+    click.echo(f"{shards}/manifest.json: " + ", ".join(
+        f"{s} {b['samples']} samples in {len(b['shards'])} shards" for s, b in merged["splits"].items()))
+
+
+@main.command()
+@click.option("--shards", default="shards", help="Folder or fsspec URL holding *.tar shards.")
+def index(shards: str) -> None:
+    """Write the DALI index (.idx, wds2idx format) beside every tar in --shards."""
+    import fsspec
+    from tqdm import tqdm
+
+    from tools.index import write_index
+
+    shards = shards.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(shards)
+    if not fs.isdir(root):
+        _fail(f"{shards}: no such folder")
+    tars = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False) if p.endswith(".tar"))
+    if not tars:
+        _fail(f"{shards}: no .tar files")
+    for name in tqdm(tars, unit="shard", desc="index"):
+        try:
+            write_index(f"{shards}/{name}")
+        except ValueError as e:
+            _fail(str(e))
+    click.echo(f"{shards}: wrote {len(tars)} index files")
+
+
+@main.command("pca-stats")
+@click.option("--shards", default="shards", help="Folder or fsspec URL with the shards and manifest.json.")
+@click.option("--from-manifest", is_flag=True,
+              help="Combine the pixel sums `shard` stored instead of decoding every train image (fast).")
+@click.option("--workers", type=int, default=DEFAULT_WORKERS, help="Parallel processes (one shard each).")
+def pca_stats(shards: str, from_manifest: bool, workers: int) -> None:
+    """RGB mean/std/covariance and its eigenbasis (pca.json) and the mean image (mean.npy)."""
+    from tools.manifest import ManifestError
+    from tools.stats import StatsError, compute
+
+    try:
+        stats = compute(shards, from_manifest=from_manifest, workers=workers)
+    except (ManifestError, StatsError, OSError) as e:
+        _fail(str(e))
+    fmt = ", ".join
+    click.echo(f"{shards.rstrip('/')}/pca.json: {stats['pixels']} pixels, "
+               f"mean [{fmt(f'{v:.2f}' for v in stats['mean'])}], "
+               f"eigval [{fmt(f'{v:.2f}' for v in stats['eigval'])}]")
+
+
+@main.command()
+@click.option("--shards", default="shards", help="Folder or fsspec URL with the shards and manifest.json.")
+@click.option("--workers", type=int, default=DEFAULT_WORKERS, help="Parallel processes (one shard each).")
+def verify(shards: str, workers: int) -> None:
+    """Re-read every shard and check it against the manifest; exit 1 on any problem."""
+    from tools.verify import verify as run_verify
+
+    problems = run_verify(shards, workers=workers)
+    for p in problems:
+        click.echo(p, err=True)
+    if problems:
+        click.echo(f"{shards}: {len(problems)} problems", err=True)
+        sys.exit(1)
+    click.echo(f"{shards}: all shards verified")
+
+
+if __name__ == "__main__":
+    main()

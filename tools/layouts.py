@@ -1,0 +1,537 @@
+"""Which ILSVRC copy a --src folder holds, and the list of its images with their classes.
+
+Four layouts are recognised, tried in this order (the first that matches wins, so raw downloads
+beat a partial extraction lying beside them):
+
+- ``raw-2012``: ``ILSVRC2012_img_train.tar`` (a tar of per-class tars) and/or
+  ``ILSVRC2012_img_val.tar``, with ``ILSVRC2012_devkit_t12.tar.gz``.
+- ``raw-2010``: the same with ``ILSVRC2010_images_{train,val}.tar`` and ``ILSVRC2010_devkit-1.0.tar.gz``.
+- ``kaggle``: ``ILSVRC/Data/CLS-LOC/{train/<wnid>,val}/`` with ``LOC_synset_mapping.txt`` and
+  ``LOC_val_solution.csv``.
+- ``folders``: ``train/<wnid>/`` and ``val/<wnid>/``, or a flat ``val/`` labelled by a devkit
+  (its tar.gz or an extracted devkit folder) beside it.
+
+Tars are read in place: one header scan per tar yields (offset, size) of every member, and
+`read_bytes` later fetches exactly those bytes, so a 140 GB download is never extracted.
+
+Class index = position of the wnid in sorted order (torchvision's convention), not the devkit's
+ILSVRC2012_ID; the devkit IDs only serve to turn the validation ground truth into wnids.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import scipy.io
+
+SPLITS = ("train", "val")
+IMAGE_EXTS = (".jpeg", ".jpg", ".png")
+WNID_RE = re.compile(r"n\d{8}")
+GROUND_TRUTH_RE = re.compile(r"data/ILSVRC\d{4}_validation_ground_truth\.txt$")
+
+
+class LayoutError(ValueError):
+    """The source folder is not (or not entirely) a copy of ILSVRC this module understands."""
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """One input image; small and picklable so it can be sent to worker processes."""
+
+    key: str  # source file stem, e.g. "n01440764_10026" or "ILSVRC2012_val_00000001"
+    wnid: str
+    url: str  # fsspec URL of the file holding the bytes (a loose image, or a tar)
+    offset: int = 0  # byte offset of the member data inside `url` (0 for loose files)
+    size: int = -1  # member size in bytes (-1: the whole file)
+    path: str = ""  # readable source path for errors and the manifest
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    index: int  # position of wnid in sorted wnid order (torchvision), not the devkit's ILSVRC20XX_ID
+    wnid: str
+    words: str  # devkit / LOC_synset_mapping.txt words, "" if unknown
+
+
+def read_bytes(ref: SourceRef) -> bytes:
+    """The bytes of one source image: a whole loose file, or a member's window inside a tar."""
+    fs, path = fsspec.core.url_to_fs(ref.url)
+    try:
+        if ref.size < 0:
+            return fs.cat_file(path)
+        data = fs.cat_file(path, start=ref.offset, end=ref.offset + ref.size)
+    except OSError as e:
+        raise LayoutError(f"{ref.path or ref.url}: cannot read ({e})") from e
+    if len(data) != ref.size:
+        raise LayoutError(
+            f"{ref.path or ref.url}: got {len(data)} of {ref.size} bytes at offset {ref.offset} of "
+            f"{ref.url} (was the file changed after the scan?)"
+        )
+    return data
+
+
+def is_image(name: str) -> bool:
+    # Hidden names are skipped too: macOS copies leave "._x.JPEG" resource forks that are not images.
+    base = posixpath.basename(name)
+    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTS)
+
+
+def stem(name: str) -> str:
+    return posixpath.splitext(posixpath.basename(name))[0]
+
+
+# --- devkit -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Devkit:
+    """What a devkit tells us: the leaf classes, and the validation labels as wnids."""
+
+    name: str  # for error messages
+    year: int
+    classes: list[ClassInfo]
+    val_wnids: list[str]  # ground truth, one wnid per val image in file-number order
+    gt_name: str
+
+
+def parse_meta(data: bytes, where: str) -> tuple[int, dict[int, tuple[str, str]]]:
+    """Year and {ILSVRC20XX_ID: (wnid, words)} of the leaf synsets (num_children == 0) of meta.mat."""
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)
+    except Exception as e:  # scipy raises several unrelated types on a corrupt file
+        raise LayoutError(f"{where}: not a readable MATLAB file ({e})") from e
+    synsets = mat.get("synsets")
+    if not isinstance(synsets, np.ndarray) or synsets.dtype.names is None:
+        raise LayoutError(f"{where}: no 'synsets' struct array")
+    fields = synsets.dtype.names
+    id_field = next((f for f in fields if re.fullmatch(r"ILSVRC\d{4}_ID", f)), None)
+    missing = [f for f in ("WNID", "words", "num_children") if f not in fields]
+    if id_field is None or missing:
+        missing = missing + ([] if id_field else ["ILSVRC20XX_ID"])
+        raise LayoutError(f"{where}: synsets lack the field(s) {', '.join(missing)}")
+    leaves: dict[int, tuple[str, str]] = {}
+    wnids: set[str] = set()
+    # squeeze_me turns a one-element struct array into a 0-d array.
+    for s in np.atleast_1d(synsets):
+        if int(s["num_children"]) != 0:
+            continue
+        ident, wnid = int(s[id_field]), str(s["WNID"])
+        if not WNID_RE.fullmatch(wnid):
+            raise LayoutError(f"{where}: synset {ident} has WNID {wnid!r}, not nXXXXXXXX")
+        if ident in leaves or wnid in wnids:
+            raise LayoutError(f"{where}: leaf synset {ident} ({wnid}) is listed twice")
+        words = s["words"]
+        leaves[ident] = (wnid, words if isinstance(words, str) else "")  # an empty MATLAB string loads as []
+        wnids.add(wnid)
+    if not leaves:
+        raise LayoutError(f"{where}: no leaf synsets (num_children == 0)")
+    return int(id_field[6:10]), leaves
+
+
+def sorted_classes(words: dict[str, str]) -> list[ClassInfo]:
+    return [ClassInfo(i, w, words[w]) for i, w in enumerate(sorted(words))]
+
+
+def build_devkit(name: str, files: dict[str, bytes]) -> Devkit:
+    """`files`: the devkit's member names (any prefix) -> bytes, only meta.mat and the ground truth."""
+    meta = [n for n in files if n.endswith("data/meta.mat")]
+    if len(meta) != 1:
+        raise LayoutError(f"{name}: expected one data/meta.mat, found {len(meta)}")
+    year, leaves = parse_meta(files[meta[0]], f"{name}/{meta[0]}")
+    gt_suffix = f"data/ILSVRC{year}_validation_ground_truth.txt"
+    gt = [n for n in files if n.endswith(gt_suffix)]
+    if len(gt) != 1:
+        raise LayoutError(f"{name}: expected one {gt_suffix}, found {len(gt)}")
+    gt_name = f"{name}/{gt[0]}"
+    val_wnids = []
+    for line_no, line in enumerate(files[gt[0]].decode("ascii", "replace").split(), 1):
+        try:
+            val_wnids.append(leaves[int(line)][0])
+        except (ValueError, KeyError):
+            raise LayoutError(
+                f"{gt_name}: line {line_no} is {line!r}, not the ILSVRC{year}_ID of a leaf class in meta.mat"
+            ) from None
+    words = dict(leaves.values())
+    return Devkit(name, year, sorted_classes(words), val_wnids, gt_name)
+
+
+def _devkit_member(name: str) -> bool:
+    return name.endswith("data/meta.mat") or bool(GROUND_TRUTH_RE.search(name))
+
+
+def read_devkit_tar(fs: Any, path: str, name: str) -> Devkit:
+    """The devkit .tar.gz is a few MB: read it whole rather than in place."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(fs.cat_file(path)), mode="r:*") as tar:
+            files = {
+                m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tar
+                if m.isfile() and _devkit_member(m.name)
+            }
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise LayoutError(f"{name}: not a readable tar.gz ({e})") from e
+    return build_devkit(name, files)
+
+
+def read_devkit_dir(fs: Any, path: str, name: str) -> Devkit:
+    files = {
+        posixpath.relpath(p, path): fs.cat_file(p) for p in fs.find(path) if _devkit_member(p)
+    }
+    return build_devkit(name, files)
+
+
+def label_flat_val(names: list[str], devkit: Devkit, where: str) -> list[str]:
+    """wnid of each flat val file `ILSVRC20XX_val_%08d.*`: line %d of the devkit's ground truth."""
+    if len(names) != len(devkit.val_wnids):
+        raise LayoutError(
+            f"{devkit.gt_name}: {len(devkit.val_wnids)} labels but {where} holds {len(names)} images"
+        )
+    pattern = re.compile(rf"ILSVRC{devkit.year}_val_(\d+)")
+    wnids = []
+    for name in names:
+        m = pattern.fullmatch(stem(name))
+        number = int(m.group(1)) if m else 0
+        if not 1 <= number <= len(devkit.val_wnids):
+            raise LayoutError(f"{where}/{name}: no ground-truth label in {devkit.gt_name}")
+        wnids.append(devkit.val_wnids[number - 1])
+    return wnids
+
+
+# --- tars read in place -----------------------------------------------------------------------
+
+
+class _Window:
+    """Bytes [start, start + size) of an open file, seekable, so tarfile can parse an inner tar
+    where it lies inside the outer one instead of copying it out."""
+
+    def __init__(self, f: Any, start: int, size: int):
+        self._f, self._start, self._size, self._pos = f, start, size, 0
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = (0, self._pos, self._size)[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._size - self._pos)
+        n = left if n is None or n < 0 else min(n, left)
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+
+def scan_tar(f: Any, start: int, size: int, where: str) -> list[tuple[str, int, int]]:
+    """(name, absolute data offset, size) of each regular member; headers only, no data read."""
+    try:
+        with tarfile.open(fileobj=_Window(f, start, size), mode="r:") as tar:
+            return [(m.name, start + m.offset_data, m.size) for m in tar if m.isfile()]
+    except tarfile.TarError as e:
+        raise LayoutError(f"{where}: not a readable tar ({e})") from e
+
+
+# --- layouts ----------------------------------------------------------------------------------
+
+
+class Layout:
+    """One ILSVRC copy. `classes()` is read when the layout is detected; `samples()` on demand."""
+
+    name = ""
+
+    def __init__(self, src: str, fs: Any, root: str):
+        self.src, self.fs, self.root = src, fs, root
+        self._classes: list[ClassInfo] | None = None
+
+    def __repr__(self) -> str:
+        return f"<{self.name} layout at {self.src}>"
+
+    def classes(self) -> list[ClassInfo]:
+        if self._classes is None:
+            self._classes = self._read_classes()
+        return list(self._classes)
+
+    def splits(self) -> list[str]:
+        raise NotImplementedError
+
+    def samples(self, split: str) -> list[SourceRef]:
+        """Every image of `split`, sorted by key; raises on an unknown class or a duplicate key."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        if split not in self.splits():
+            raise LayoutError(f"{self.src}: the {self.name} layout here has no {split} split")
+        refs = sorted(self._samples(split), key=lambda r: r.key)
+        for a, b in zip(refs, refs[1:]):
+            if a.key == b.key:
+                raise LayoutError(f"{self.src}: two {split} images share the key {a.key}: {a.path}, {b.path}")
+        known = {c.wnid for c in self.classes()}
+        if split == "train":
+            empty = sorted(known - {r.wnid for r in refs})
+            if empty:
+                raise LayoutError(
+                    f"{self.src}: {len(empty)} of {len(known)} classes have no train images "
+                    f"(first: {empty[0]}); incomplete copy?"
+                )
+        return refs
+
+    def url(self, path: str) -> str:
+        return self.fs.unstrip_protocol(path)
+
+    def rel(self, path: str) -> str:
+        return posixpath.relpath(path, self.root)
+
+    def _read_classes(self) -> list[ClassInfo]:
+        raise NotImplementedError
+
+    def _samples(self, split: str) -> list[SourceRef]:
+        raise NotImplementedError
+
+    def _class_folders(self, folder: str, known: set[str] | None) -> list[SourceRef]:
+        """`folder/<wnid>/*.JPEG`: one listing per class folder (names only: no stat per file)."""
+        refs = []
+        for wnid, path in self._wnid_dirs(folder, known):
+            for p in sorted(self.fs.ls(path, detail=False)):
+                if is_image(p):
+                    refs.append(SourceRef(stem(p), wnid, self.url(p), path=self.rel(p)))
+        return refs
+
+    def _wnid_dirs(self, folder: str, known: set[str] | None) -> list[tuple[str, str]]:
+        dirs = []
+        for e in self.fs.ls(folder, detail=True):
+            base = posixpath.basename(e["name"].rstrip("/"))
+            if e["type"] != "directory" or base.startswith("."):
+                continue
+            where = self.rel(e["name"])
+            if not WNID_RE.fullmatch(base):
+                raise LayoutError(f"{self.src}: folder {where} is not named by a WordNet id (nXXXXXXXX)")
+            if known is not None and base not in known:
+                raise LayoutError(f"{self.src}: folder {where} is not one of the {len(known)} known classes")
+            dirs.append((base, e["name"]))
+        return sorted(dirs)
+
+    def _flat_images(self, folder: str) -> list[str]:
+        return sorted(p for p in self.fs.ls(folder, detail=False) if is_image(p))
+
+
+class RawLayout(Layout):
+    """The downloads as published: train/val tars and the devkit, never extracted."""
+
+    def __init__(self, src: str, fs: Any, root: str, year: int, train: str, val: str, devkit: str):
+        super().__init__(src, fs, root)
+        self.name = f"raw-{year}"
+        self.files = {"train": train, "val": val}
+        self.devkit_name = devkit
+        self._devkit: Devkit | None = None
+
+    def devkit(self) -> Devkit:
+        if self._devkit is None:
+            self._devkit = read_devkit_tar(self.fs, f"{self.root}/{self.devkit_name}", self.devkit_name)
+        return self._devkit
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if self.fs.isfile(f"{self.root}/{self.files[s]}")]
+
+    def _read_classes(self) -> list[ClassInfo]:
+        return self.devkit().classes
+
+    def _samples(self, split: str) -> list[SourceRef]:
+        name = self.files[split]
+        path = f"{self.root}/{name}"
+        url = self.url(path)
+        with self.fs.open(path, "rb") as f:
+            outer = scan_tar(f, 0, self.fs.size(path), name)
+            if split == "val":
+                images = [(m, off, size) for m, off, size in outer if is_image(m)]
+                wnids = label_flat_val([m for m, _, _ in images], self.devkit(), name)
+                return [
+                    SourceRef(stem(m), w, url, off, size, f"{name}/{m}")
+                    for (m, off, size), w in zip(images, wnids)
+                ]
+            known = {c.wnid for c in self.classes()}
+            refs = []
+            for inner, start, length in outer:
+                if not inner.endswith(".tar"):
+                    continue
+                wnid = stem(inner)
+                if wnid not in known:
+                    raise LayoutError(f"{name}/{inner}: {wnid} is not one of the {len(known)} devkit classes")
+                for m, off, size in scan_tar(f, start, length, f"{name}/{inner}"):
+                    if is_image(m):
+                        refs.append(SourceRef(stem(m), wnid, url, off, size, f"{name}/{inner}/{m}"))
+            return refs
+
+
+class FoldersLayout(Layout):
+    """Extracted folders: train/<wnid>/, and val/<wnid>/ or a flat val/ plus a devkit beside it."""
+
+    name = "folders"
+
+    def __init__(self, src: str, fs: Any, root: str):
+        super().__init__(src, fs, root)
+        self._devkit: Devkit | None = None
+        self._devkit_read = False
+
+    def devkit(self) -> Devkit | None:
+        """A devkit in src: `*devkit*.tar.gz`, else a `*devkit*` folder holding data/meta.mat."""
+        if self._devkit_read:
+            return self._devkit
+        entries = [e for e in self.fs.ls(self.root, detail=True) if "devkit" in posixpath.basename(e["name"])]
+        tars = [e["name"] for e in entries if e["type"] == "file" and e["name"].endswith((".tar.gz", ".tgz"))]
+        dirs = [e["name"] for e in entries if e["type"] == "directory"]
+        if len(tars) > 1 or (not tars and len(dirs) > 1):
+            names = ", ".join(posixpath.basename(p) for p in tars or dirs)
+            raise LayoutError(f"{self.src}: several devkits ({names}); keep the one that matches val/")
+        if tars:
+            self._devkit = read_devkit_tar(self.fs, tars[0], self.rel(tars[0]))
+        elif dirs:
+            self._devkit = read_devkit_dir(self.fs, dirs[0], self.rel(dirs[0]))
+        self._devkit_read = True
+        return self._devkit
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if self.fs.isdir(f"{self.root}/{s}")]
+
+    def _read_classes(self) -> list[ClassInfo]:
+        devkit = self.devkit()
+        if devkit is not None:
+            return devkit.classes
+        # Without a devkit the class list is the set of train folders (val's if train is absent).
+        split = "train" if "train" in self.splits() else "val"
+        wnids = [w for w, _ in self._wnid_dirs(f"{self.root}/{split}", None)]
+        if not wnids:
+            raise LayoutError(
+                f"{self.src}/{split}: no class folders (nXXXXXXXX/) and no devkit naming the classes"
+            )
+        return sorted_classes(dict.fromkeys(wnids, ""))
+
+    def _samples(self, split: str) -> list[SourceRef]:
+        folder = f"{self.root}/{split}"
+        known = {c.wnid for c in self.classes()}
+        if split == "train":
+            return self._class_folders(folder, known)
+        # Names only: a flat val/ holds 50,000 files, and a detailed listing would stat each one.
+        listing = self.fs.ls(folder, detail=False)
+        images = sorted(p for p in listing if is_image(p))
+        if not images:
+            return self._class_folders(folder, known)
+        if any(WNID_RE.fullmatch(posixpath.basename(p.rstrip("/"))) for p in listing):
+            raise LayoutError(f"{self.src}/val mixes flat images and class folders")
+        devkit = self.devkit()
+        if devkit is None:
+            raise LayoutError(
+                f"{self.src}/val holds images directly (flat) and no devkit (*devkit*.tar.gz or a "
+                "*devkit* folder with data/meta.mat) lies beside it to label them"
+            )
+        wnids = label_flat_val([posixpath.basename(p) for p in images], devkit, "val")
+        return [SourceRef(stem(p), w, self.url(p), path=self.rel(p)) for p, w in zip(images, wnids)]
+
+
+class KaggleLayout(Layout):
+    """Kaggle's ImageNet Object Localization Challenge download (CLS-LOC)."""
+
+    name = "kaggle"
+    data = "ILSVRC/Data/CLS-LOC"
+    mapping = "LOC_synset_mapping.txt"
+    solution = "LOC_val_solution.csv"
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if self.fs.isdir(f"{self.root}/{self.data}/{s}")]
+
+    def _read_classes(self) -> list[ClassInfo]:
+        words: dict[str, str] = {}
+        text = self.fs.cat_file(f"{self.root}/{self.mapping}").decode("utf-8", "replace")
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            wnid, _, w = line.strip().partition(" ")
+            if not WNID_RE.fullmatch(wnid) or wnid in words:
+                raise LayoutError(f"{self.mapping}: line {line_no} is {line!r}, not '<new wnid> <words>'")
+            words[wnid] = w.strip()
+        if not words:
+            raise LayoutError(f"{self.mapping}: no classes")
+        return sorted_classes(words)
+
+    def _val_labels(self, known: set[str]) -> dict[str, str]:
+        path = f"{self.root}/{self.solution}"
+        if not self.fs.isfile(path):
+            raise LayoutError(f"{self.src}: {self.solution} is missing; it holds the val labels")
+        rows = csv.reader(io.StringIO(self.fs.cat_file(path).decode("utf-8", "replace")))
+        if next(rows, None) != ["ImageId", "PredictionString"]:
+            raise LayoutError(f"{self.solution}: header is not 'ImageId,PredictionString'")
+        labels: dict[str, str] = {}
+        for line_no, row in enumerate(rows, 2):
+            wnid = row[1].split()[0] if len(row) == 2 and row[1].split() else ""
+            if wnid not in known or row[0] in labels:
+                raise LayoutError(f"{self.solution}: line {line_no} is not '<new image id>,<known wnid> ...'")
+            labels[row[0]] = wnid
+        return labels
+
+    def _samples(self, split: str) -> list[SourceRef]:
+        folder = f"{self.root}/{self.data}/{split}"
+        known = {c.wnid for c in self.classes()}
+        if split == "train":
+            return self._class_folders(folder, known)
+        labels = self._val_labels(known)
+        images = self._flat_images(folder)
+        if len(labels) != len(images):
+            raise LayoutError(
+                f"{self.solution}: {len(labels)} labels but {self.data}/val holds {len(images)} images"
+            )
+        refs = []
+        for p in images:
+            if stem(p) not in labels:
+                raise LayoutError(f"{self.rel(p)}: no label in {self.solution}")
+            refs.append(SourceRef(stem(p), labels[stem(p)], self.url(p), path=self.rel(p)))
+        return refs
+
+
+RAW_YEARS = {
+    2012: ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"),
+    2010: ("ILSVRC2010_images_train.tar", "ILSVRC2010_images_val.tar", "ILSVRC2010_devkit-1.0.tar.gz"),
+}
+
+
+def _looked_for() -> str:
+    raw = "; ".join(f"raw-{y} ({t} and/or {v}, with {d})" for y, (t, v, d) in RAW_YEARS.items())
+    return (
+        f"{raw}; kaggle ({KaggleLayout.data}/ with {KaggleLayout.mapping}); "
+        "folders (train/<wnid>/ and/or val/)"
+    )
+
+
+def detect(src: str) -> Layout:
+    """The layout of the ILSVRC copy in `src` (any fsspec URL), with its class list already read."""
+    fs, root = fsspec.core.url_to_fs(src)
+    root = root.rstrip("/") or "/"
+    if not fs.isdir(root):
+        raise LayoutError(f"{src}: no such folder; expected an ILSVRC copy: {_looked_for()}")
+    names = {posixpath.basename(e["name"].rstrip("/")): e["type"] for e in fs.ls(root, detail=True)}
+    layout: Layout | None = None
+    for year, (train, val, devkit) in RAW_YEARS.items():
+        if names.get(train) == "file" or names.get(val) == "file":
+            if names.get(devkit) != "file":
+                raise LayoutError(f"{src}: found the raw-{year} tars but not {devkit} (it names the classes)")
+            layout = RawLayout(src, fs, root, year, train, val, devkit)
+            break
+    if layout is None and fs.isdir(f"{root}/{KaggleLayout.data}"):
+        if names.get(KaggleLayout.mapping) != "file":
+            raise LayoutError(
+                f"{src}: found {KaggleLayout.data}/ but not {KaggleLayout.mapping} (it names the classes)"
+            )
+        layout = KaggleLayout(src, fs, root)
+    if layout is None and (names.get("train") == "directory" or names.get("val") == "directory"):
+        layout = FoldersLayout(src, fs, root)
+    if layout is None:
+        raise LayoutError(f"{src}: no ILSVRC layout found; looked for {_looked_for()}")
+    layout.classes()  # fail now, before any work, on a bad devkit or class list
+    return layout

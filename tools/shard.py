@@ -1,0 +1,192 @@
+"""`alexnet-prep shard`: a whole ILSVRC copy (any supported layout) to shards, resumably.
+
+The run is planned once (`writer.plan_shards`), then each shard is an independent unit of work
+for the worker pool; shards that already have a completion record are not redone, so killing a
+run and rerunning the same command finishes only what is missing, with byte-identical results.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import fsspec
+from tqdm import tqdm
+
+from tools import atomic, manifest
+from tools.layouts import Layout, SourceRef, detect
+from tools.resize import DEFAULT_QUALITY
+from tools.writer import DEFAULT_SHARD_SIZE, STATE_DIR, ShardPlan, finished_record, plan_shards, write_shard
+
+SPLITS = ("train", "val")
+OPTIONS_FILE = f"{STATE_DIR}/options.json"
+
+
+class ShardError(ValueError):
+    """A problem with the request itself: reported as one line, before any work starts."""
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    src: str
+    out: str = "shards"
+    splits: tuple[str, ...] = SPLITS
+    shard_size: int = DEFAULT_SHARD_SIZE
+    quality: int = DEFAULT_QUALITY
+    seed: int = 0
+    workers: int = os.cpu_count() or 1
+    strict: bool = False
+    limit_classes: int | None = None
+    per_class: int | None = None
+    overwrite: bool = False
+    num_nodes: int = 1
+    node_rank: int = 0
+
+    def validate(self) -> None:
+        bad = [s for s in self.splits if s not in SPLITS]
+        if bad or not self.splits:
+            raise ShardError(f"--split: unknown split {bad or self.splits}; choose from {','.join(SPLITS)}")
+        if self.shard_size < 1:
+            raise ShardError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if not 1 <= self.quality <= 100:
+            raise ShardError(f"--quality must be in 1..100, got {self.quality}")
+        if self.workers < 1:
+            raise ShardError(f"--workers must be >= 1, got {self.workers}")
+        for name, v in (("--limit-classes", self.limit_classes), ("--per-class", self.per_class)):
+            if v is not None and v < 1:
+                raise ShardError(f"{name} must be >= 1, got {v}")
+        if self.num_nodes < 1 or not 0 <= self.node_rank < self.num_nodes:
+            raise ShardError(f"--node-rank must be in 0..{self.num_nodes - 1}, got {self.node_rank}")
+
+    def options(self) -> dict[str, Any]:
+        """What determines the output bytes (recorded in the manifest and compared on rerun)."""
+        d = asdict(self)
+        for k in ("out", "workers", "strict", "overwrite", "node_rank"):
+            d.pop(k)
+        d["splits"] = list(self.splits)
+        return d
+
+
+def select(
+    layout: Layout, settings: ShardSettings
+) -> tuple[list[dict[str, Any]], dict[str, list[SourceRef]]]:
+    """Classes and per-split sources after `--limit-classes` / `--per-class`."""
+    classes = layout.classes()
+    if settings.limit_classes:
+        classes = classes[: settings.limit_classes]
+    wanted = {c.wnid for c in classes}
+    present = layout.splits()
+    sources: dict[str, list[SourceRef]] = {}
+    for split in settings.splits:
+        if split not in present:
+            raise ShardError(f"{settings.src}: no {split} split found in this {layout.name} copy "
+                             f"(it has: {', '.join(present) or 'none'}); pass --split {','.join(present)}")
+        refs = sorted((r for r in layout.samples(split) if r.wnid in wanted), key=lambda r: r.key)
+        if settings.per_class:
+            taken: dict[str, int] = defaultdict(int)
+            kept = []
+            for r in refs:
+                if taken[r.wnid] < settings.per_class:
+                    taken[r.wnid] += 1
+                    kept.append(r)
+            refs = kept
+        sources[split] = refs
+    return [{"index": c.index, "wnid": c.wnid, "words": c.words} for c in classes], sources
+
+
+def _prepare_out(settings: ShardSettings) -> None:
+    """Refuse to mix runs with different options in one folder; clear leftovers of a killed run."""
+    fs, root = fsspec.core.url_to_fs(settings.out)
+    fs.makedirs(f"{root}/{STATE_DIR}", exist_ok=True)
+    earlier = None
+    for name in (OPTIONS_FILE, manifest.MANIFEST):
+        if fs.exists(f"{root}/{name}"):
+            data = atomic.read_json(f"{settings.out}/{name}")
+            earlier = data.get("options", data)
+            break
+    if earlier is not None and earlier != settings.options():
+        if not settings.overwrite:
+            diff = sorted(k for k in set(earlier) | set(settings.options())
+                          if earlier.get(k) != settings.options().get(k))
+            raise ShardError(f"{settings.out}: holds shards made with other options ({', '.join(diff)}); "
+                             "use another --out, or --overwrite to replace them")
+        for p in fs.ls(root, detail=False):
+            name = p.rsplit("/", 1)[-1]
+            if name.endswith((".tar", ".idx", ".sum.npy")) or name.startswith("manifest") or name in (
+                    "pca.json", "mean.npy"):
+                fs.rm(p)
+        fs.rm(f"{root}/{STATE_DIR}", recursive=True)
+        fs.makedirs(f"{root}/{STATE_DIR}", exist_ok=True)
+    for p in fs.ls(root, detail=False):
+        if ".tmp-" in p.rsplit("/", 1)[-1]:
+            fs.rm(p)
+    atomic.write_json(f"{settings.out}/{OPTIONS_FILE}", settings.options())
+
+
+_counter: Any = None
+
+
+def _init_worker(counter: Any) -> None:
+    global _counter
+    _counter = counter
+
+
+def _tick(n: int) -> None:
+    with _counter.get_lock():
+        _counter.value += n
+
+
+def _write_one(job: tuple[ShardPlan, str, dict[str, int], int]) -> dict[str, Any]:
+    plan, out, labels, quality = job
+    return write_shard(plan, out, labels, quality, progress=_tick)
+
+
+def _run_jobs(jobs: list[tuple[ShardPlan, str, dict[str, int], int]], workers: int,
+              bar: tqdm) -> list[dict[str, Any]]:
+    if workers == 1 or len(jobs) <= 1:
+        # In-process: also the only way for memory:// outputs, which live in this process.
+        return [write_shard(*job, progress=bar.update) for job in jobs]
+    ctx = mp.get_context("spawn")  # no fork: the caller may hold threads (torch, DALI) in tests
+    counter = ctx.Value("q", 0)
+    records = []
+    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(counter,)) as pool:
+        pending = pool.imap_unordered(_write_one, jobs)
+        while True:
+            try:
+                records.append(pending.next(timeout=0.5))
+            except mp.TimeoutError:
+                pass
+            except StopIteration:
+                break
+            bar.update(counter.value - bar.n)
+    bar.update(counter.value - bar.n)
+    return records
+
+
+def run(settings: ShardSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Shard everything `settings` asks for; returns the manifest written (node manifest if K > 1)."""
+    settings.validate()
+    layout = detect(settings.src)
+    classes, sources = select(layout, settings)
+    labels = {c["wnid"]: c["index"] for c in classes}
+    plans = {s: plan_shards(sources[s], s, settings.shard_size, settings.seed) for s in settings.splits}
+    _prepare_out(settings)
+    every = [p for s in settings.splits for p in plans[s]]
+    mine = [p for i, p in enumerate(every) if i % settings.num_nodes == settings.node_rank]
+    done = {p.name: r for p in mine if (r := finished_record(p, settings.out)) is not None}
+    todo = [p for p in mine if p.name not in done]
+    log(f"{settings.src}: {layout.name} layout, {len(classes)} classes, "
+        + ", ".join(f"{s} {len(sources[s])} images in {len(plans[s])} shards" for s in settings.splits)
+        + (f"; resuming, {len(done)} shards already done" if done else ""))
+    jobs = [(p, settings.out, labels, settings.quality) for p in todo]
+    with tqdm(total=sum(len(p.refs) for p in todo), unit="img", desc="shard", smoothing=0.1) as bar:
+        records = list(done.values()) + _run_jobs(jobs, settings.workers, bar)
+    result = manifest.build(settings.options(), classes, {s: len(plans[s]) for s in settings.splits}, records)
+    name = (manifest.MANIFEST if settings.num_nodes == 1
+            else manifest.node_manifest_name(settings.node_rank, settings.num_nodes))
+    atomic.write_json(f"{settings.out}/{name}", result)
+    return result
