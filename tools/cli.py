@@ -201,5 +201,17 @@ def verify(shards: str, workers: int) -> None:
     click.echo(f"{shards}: all shards verified")
 
 
+@main.command()
+@click.option("--images", type=click.IntRange(10), default=200, help="Photo-like JPEGs to process.")
+@click.option("--repeats", type=click.IntRange(1), default=3, help="Timed runs; the median is reported.")
+@click.option("--workers", type=click.IntRange(1), default=DEFAULT_WORKERS,
+              help="Workers of the parallel run.")
+def bench(images: int, repeats: int, workers: int) -> None:
+    """Time `shard` against the naive PIL reference on the same images; print images/s and PSNR."""
+    from tools.bench import report, run
+
+    click.echo(report(run(n=images, repeats=repeats, workers=workers)))
+
+
 if __name__ == "__main__":
     main()

@@ -182,9 +182,7 @@ def read_devkit_tar(fs: Any, path: str, name: str) -> Devkit:
 
 
 def read_devkit_dir(fs: Any, path: str, name: str) -> Devkit:
-    files = {
-        posixpath.relpath(p, path): fs.cat_file(p) for p in fs.find(path) if _devkit_member(p)
-    }
+    files = {posixpath.relpath(p, path): fs.cat_file(p) for p in fs.find(path) if _devkit_member(p)}
     return build_devkit(name, files)
 
 
@@ -385,7 +383,11 @@ class FoldersLayout(Layout):
         """A devkit in src: `*devkit*.tar.gz`, else a `*devkit*` folder holding data/meta.mat."""
         if self._devkit_read:
             return self._devkit
-        entries = [e for e in self.fs.ls(self.root, detail=True) if "devkit" in posixpath.basename(e["name"])]
+        entries = []
+        for e in self.fs.ls(self.root, detail=True):
+            base = posixpath.basename(e["name"].rstrip("/"))
+            if "devkit" in base and not base.startswith("."):
+                entries.append(e)
         tars = [e["name"] for e in entries if e["type"] == "file" and e["name"].endswith((".tar.gz", ".tgz"))]
         dirs = [e["name"] for e in entries if e["type"] == "directory"]
         if len(tars) > 1 or (not tars and len(dirs) > 1):

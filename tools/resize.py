@@ -1,10 +1,11 @@
 """One source image to one stored 256x256 JPEG, as in the paper (§2).
 
 Decode fully, convert to RGB, rescale so the shorter side is 256, keep the central 256x256 patch,
-re-encode. Two shortcuts keep it exact enough (>= 35 dB PSNR against the naive full-size bicubic
-path, measured by `alexnet-prep bench`) while doing less work:
-- JPEG draft mode: libjpeg scales by 1/2, 1/4 or 1/8 inside the IDCT, but only while both sides
-  stay >= 256, so large photos are never decoded at full size;
+re-encode. Two shortcuts keep it close to the naive full-size bicubic path (>= 35 dB PSNR, the
+target; `alexnet-prep bench` measures it) while doing less work:
+- JPEGs are decoded already scaled down inside the IDCT by libjpeg-turbo (simplejpeg: any M/8,
+  e.g. 500x375 decodes at 6/8 as 375x282), never below 256 on the shorter side; other files and
+  CMYK JPEGs, which libjpeg-turbo cannot convert to RGB, go through Pillow (with its 1/2^k draft);
 - `resize(box=...)` resamples only the source region that lands in the central patch, instead of
   resizing the whole image and cropping it.
 """
@@ -15,6 +16,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile
 
 from paper import STORED_SIZE
@@ -38,8 +40,27 @@ class Resized:
     pixels: np.ndarray  # uint8 [256, 256, 3]: the stored JPEG decoded again (what readers will see)
 
 
+def _decode_turbo(data: bytes, min_size: int) -> tuple[Image.Image, int, int] | None:
+    """Scaled libjpeg-turbo decode of a YCbCr or gray JPEG; None for anything else."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None  # not a JPEG (or a damaged header): Pillow decides and reports
+    if colorspace not in ("YCbCr", "Gray"):
+        return None
+    try:
+        # strict: libjpeg's "premature end of data" warning (a truncated file) is an error here
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_size, min_width=min_size,
+                                        strict=True)
+    except ValueError as e:
+        raise DecodeError(f"corrupt or truncated JPEG ({e})") from e
+    return Image.fromarray(pixels), width, height
+
+
 def decode_rgb(data: bytes, draft_size: int | None = STORED_SIZE) -> tuple[Image.Image, int, int]:
     """Decode completely to RGB; returns the image and the ORIGINAL width and height."""
+    if draft_size and (fast := _decode_turbo(data, draft_size)) is not None:
+        return fast
     try:
         im = Image.open(io.BytesIO(data))
         width, height = im.size
@@ -67,9 +88,8 @@ def resize_center(im: Image.Image, size: int = STORED_SIZE) -> Image.Image:
 
 
 def encode_jpeg(im: Image.Image, quality: int = DEFAULT_QUALITY) -> bytes:
-    out = io.BytesIO()
-    im.save(out, "JPEG", quality=quality)
-    return out.getvalue()
+    # 4:2:0 chroma subsampling, as Pillow's default and most of ImageNet's own JPEGs
+    return simplejpeg.encode_jpeg(np.asarray(im), quality=quality, colorspace="RGB", colorsubsampling="420")
 
 
 def decode_stored(jpeg: bytes) -> np.ndarray:

@@ -48,12 +48,32 @@ MARKER = ".sample.json"
 TAR_MTIME = 1335830400  # 2012-05-01, roughly when ILSVRC2012 was released; any constant would do
 SHAPES = ("ellipse", "square", "triangle", "diamond", "hexagon", "star", "cross", "ring")
 TEXTURES = ("solid", "stripes", "checker", "dots")
-COLOURS = ("red", "orange", "yellow", "lime", "green", "jade", "cyan", "azure", "blue", "violet", "magenta",
-           "rose")
+COLOURS = (
+    "red",
+    "orange",
+    "yellow",
+    "lime",
+    "green",
+    "jade",
+    "cyan",
+    "azure",
+    "blue",
+    "violet",
+    "magenta",
+    "rose",
+)
 # (width, height, weight): ImageNet's common sizes; a few under 256 px and a few large ones.
 SIZES = (
-    (500, 375, 6), (375, 500, 3), (500, 333, 3), (333, 500, 2), (640, 480, 2), (500, 500, 1),
-    (400, 300, 1), (1000, 750, 0.5), (180, 120, 0.5), (120, 160, 0.3),
+    (500, 375, 6),
+    (375, 500, 3),
+    (500, 333, 3),
+    (333, 500, 2),
+    (640, 480, 2),
+    (500, 500, 1),
+    (400, 300, 1),
+    (1000, 750, 0.5),
+    (180, 120, 0.5),
+    (120, 160, 0.3),
 )
 # Real ImageNet train holds CMYK and grayscale JPEGs and a PNG named .JPEG (n02105855_2933);
 # the truncated JPEG exercises the skip-and-record path. Only "truncated" fails to decode.
@@ -107,9 +127,21 @@ def make_sample(
     seed: int = 0,
     year: int = 2012,
 ) -> dict[str, Any]:
-    """Write a synthetic ILSVRC copy to `out` (any fsspec URL); return its summary."""
-    params = {"layout": layout, "classes": classes, "train_per_class": train_per_class,
-              "val_per_class": val_per_class, "seed": seed, "year": year}
+    """Write a synthetic ILSVRC copy to `out` (any fsspec URL); return its summary.
+
+    layout: "raw" (tars + devkit, as downloaded), "folders" (train/<wnid>/, val/<wnid>/ and the
+    devkit tar.gz) or "kaggle" (ILSVRC/Data/CLS-LOC/ + LOC_*.csv/txt); year 2010 only with "raw".
+    The summary holds the parameters, the image counts, the sorted wnids and, under "quirks",
+    each planted file's kind, key, wnid and path (as `tools.layouts.SourceRef.path` spells it).
+    """
+    params = {
+        "layout": layout,
+        "classes": classes,
+        "train_per_class": train_per_class,
+        "val_per_class": val_per_class,
+        "seed": seed,
+        "year": year,
+    }
     _check(params)
     fs, root = fsspec.core.url_to_fs(out)
     root = root.rstrip("/")
@@ -123,11 +155,18 @@ def make_sample(
     write = {"raw": _write_raw, "folders": _write_folders, "kaggle": _write_kaggle}[layout]
     paths = write(fs, root, cls, train, val, seed, year)
     summary = {
-        "layout": layout, "year": year, "seed": seed, "classes": classes,
-        "train": len(train), "val": len(val),
+        "layout": layout,
+        "year": year,
+        "seed": seed,
+        "classes": classes,
+        "train": len(train),
+        "val": len(val),
         "wnids": [c.wnid for c in cls],
-        "quirks": [{"kind": im.quirk, "key": im.key, "wnid": im.cls.wnid, "path": paths[im.key]}
-                   for im in train if im.quirk],
+        "quirks": [
+            {"kind": im.quirk, "key": im.key, "wnid": im.cls.wnid, "path": paths[im.key]}
+            for im in train
+            if im.quirk
+        ],
     }
     atomic.write_json(fs.unstrip_protocol(f"{root}/{MARKER}"), {"params": params, "summary": summary})
     return summary
@@ -142,6 +181,8 @@ def _check(p: dict[str, Any]) -> None:
         raise ValueError(f"sample: year {p['year']} exists only as the raw layout (--layout raw)")
     if not 2 <= p["classes"] <= 1000:
         raise ValueError(f"sample: classes must be 2..1000, not {p['classes']}")
+    if p["seed"] < 0:
+        raise ValueError(f"sample: seed must be >= 0, not {p['seed']}")
     if p["train_per_class"] < 1 or p["val_per_class"] < 1:
         raise ValueError("sample: train_per_class and val_per_class must be at least 1")
     if p["classes"] * p["train_per_class"] < len(QUIRKS):
@@ -160,8 +201,10 @@ def _existing(fs: Any, root: str, out: str, params: dict[str, Any]) -> dict[str,
         found = json.loads(fs.cat_file(marker))
         if found.get("params") == params:
             return found["summary"]
-        raise ValueError(f"sample: {out} holds a sample made with other parameters ({found.get('params')}); "
-                         "delete it or pick another folder")
+        raise ValueError(
+            f"sample: {out} holds a sample made with other parameters ({found.get('params')}); "
+            "delete it or pick another folder"
+        )
     raise ValueError(
         f"sample: {out} is not empty and holds no finished sample; delete it or pick another folder"
     )
@@ -176,8 +219,13 @@ def _classes(n: int, seed: int) -> list[_Class]:
     ids = 1_440_000 + rng.choice(13_640_000, size=n, replace=False)
     wnids = sorted(f"n{int(i):08d}" for i in ids)
     return [
-        _Class(i, w, SHAPES[i % len(SHAPES)], TEXTURES[(i + i // len(SHAPES)) % len(TEXTURES)],
-               (i * 0.618034) % 1.0)  # golden-ratio steps keep any number of hues far apart
+        _Class(
+            i,
+            w,
+            SHAPES[i % len(SHAPES)],
+            TEXTURES[(i + i // len(SHAPES)) % len(TEXTURES)],
+            (i * 0.618034) % 1.0,
+        )  # golden-ratio steps keep any number of hues far apart
         for i, w in enumerate(wnids)
     ]
 
@@ -192,14 +240,15 @@ def _plan(
         numbers = sorted(rng.choice(np.arange(1, 20_000), size=n_train, replace=False).tolist())
         train += [_Image("train", c, f"{c.wnid}_{k}", (seed, 1, c.index, j)) for j, k in enumerate(numbers)]
     # Quirk j lands on class j % C, spreading them over classes; placement is fixed by (C, j) only.
-    by_class = [train[c.index * n_train:(c.index + 1) * n_train] for c in cls]
+    by_class = [train[c.index * n_train : (c.index + 1) * n_train] for c in cls]
     for j, kind in enumerate(QUIRKS):
         im = by_class[j % len(cls)][j // len(cls)]
         train[train.index(im)] = _Image(im.split, im.cls, im.key, im.rng_key, kind)
     # Val numbers 1..N in shuffled class order, as in the real val set.
     order = np.random.default_rng([seed, 2]).permutation(np.repeat(np.arange(len(cls)), n_val))
-    val = [_Image("val", cls[int(c)], f"ILSVRC{year}_val_{i:08d}", (seed, 2, i))
-           for i, c in enumerate(order, 1)]
+    val = [
+        _Image("val", cls[int(c)], f"ILSVRC{year}_val_{i:08d}", (seed, 2, i)) for i, c in enumerate(order, 1)
+    ]
     return train, val
 
 
@@ -259,8 +308,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, side: int) -> None:
 
     def polygon(radii: list[float], turn: float = -math.pi / 2) -> list[tuple[float, float]]:
         n = len(radii)
-        return [(c + q * math.cos(turn + 2 * math.pi * k / n), c + q * math.sin(turn + 2 * math.pi * k / n))
-                for k, q in enumerate(radii)]
+        return [
+            (c + q * math.cos(turn + 2 * math.pi * k / n), c + q * math.sin(turn + 2 * math.pi * k / n))
+            for k, q in enumerate(radii)
+        ]
 
     if shape == "ellipse":
         draw.ellipse((c - r, c - 0.6 * r, c + r, c + 0.6 * r), fill=255)
@@ -272,8 +323,13 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, side: int) -> None:
         draw.rectangle((c - r, c - a, c + r, c + a), fill=255)
         draw.rectangle((c - a, c - r, c + a, c + r), fill=255)
     else:
-        radii = {"square": [r] * 4, "triangle": [r] * 3, "diamond": [r, 0.55 * r] * 2,
-                 "hexagon": [r] * 6, "star": [r, 0.45 * r] * 5}[shape]
+        radii = {
+            "square": [r] * 4,
+            "triangle": [r] * 3,
+            "diamond": [r, 0.55 * r] * 2,
+            "hexagon": [r] * 6,
+            "star": [r, 0.45 * r] * 5,
+        }[shape]
         draw.polygon(polygon(radii, -math.pi / 4 if shape == "square" else -math.pi / 2), fill=255)
 
 
@@ -330,17 +386,39 @@ def _meta_mat(cls: list[_Class], n_train: int, seed: int, year: int) -> tuple[by
         ids = ids[::-1]
     wnid_to_id = {c.wnid: int(i) + 1 for c, i in zip(cls, ids)}
     n = len(cls)
-    rows = [(wnid_to_id[c.wnid], c.wnid, c.words, f"a synthetic {c.shape}", 0, np.zeros(0), 0, n_train)
-            for c in cls]
+    rows = [
+        (wnid_to_id[c.wnid], c.wnid, c.words, f"a synthetic {c.shape}", 0, np.zeros(0), 0, n_train)
+        for c in cls
+    ]
     rows.sort()
     # Two internal synsets after the leaves, as in the real file's ~860 ancestors.
     spare = np.random.default_rng([seed, 4]).integers(1_000_000, 1_440_000, size=2)
     half = list(range(1, n // 2 + 1))
-    rows.append((n + 1, f"n{int(spare[0]):08d}", "shape, form", "a spatial arrangement", len(half),
-                 np.array(half, dtype=float), 1, n_train * len(half)))
+    rows.append(
+        (
+            n + 1,
+            f"n{int(spare[0]):08d}",
+            "shape, form",
+            "a spatial arrangement",
+            len(half),
+            np.array(half, dtype=float),
+            1,
+            n_train * len(half),
+        )
+    )
     rest = [n + 1] + list(range(n // 2 + 1, n + 1))
-    rows.append((n + 2, f"n{int(spare[1]):08d}", "entity", "the root", len(rest),
-                 np.array(rest, dtype=float), 2, n_train * n))
+    rows.append(
+        (
+            n + 2,
+            f"n{int(spare[1]):08d}",
+            "entity",
+            "the root",
+            len(rest),
+            np.array(rest, dtype=float),
+            2,
+            n_train * n,
+        )
+    )
     synsets = np.zeros((len(rows), 1), dtype=[(f, object) for f in (DEVKIT[year][1],) + META_FIELDS])
     for k, row in enumerate(rows):
         synsets[k, 0] = row
@@ -352,8 +430,9 @@ def _meta_mat(cls: list[_Class], n_train: int, seed: int, year: int) -> tuple[by
     return bytes(data), wnid_to_id
 
 
-def _write_devkit(fs: Any, path: str, cls: list[_Class], val: list[_Image], n_train: int,
-                  seed: int, year: int) -> None:
+def _write_devkit(
+    fs: Any, path: str, cls: list[_Class], val: list[_Image], n_train: int, seed: int, year: int
+) -> None:
     folder, _ = DEVKIT[year]
     meta, wnid_to_id = _meta_mat(cls, n_train, seed, year)
     truth = "".join(f"{wnid_to_id[im.cls.wnid]}\n" for im in val).encode()
@@ -381,13 +460,14 @@ def _rendered(ims: list[_Image]) -> Iterator[tuple[_Image, bytes, tuple[int, int
     """
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         for start in range(0, len(ims), 64):
-            chunk = ims[start:start + 64]
+            chunk = ims[start : start + 64]
             for im, (data, box) in zip(chunk, pool.map(_render, chunk)):
                 yield im, data, box
 
 
-def _write_raw(fs: Any, root: str, cls: list[_Class], train: list[_Image], val: list[_Image],
-               seed: int, year: int) -> dict[str, str]:
+def _write_raw(
+    fs: Any, root: str, cls: list[_Class], train: list[_Image], val: list[_Image], seed: int, year: int
+) -> dict[str, str]:
     train_tar, val_tar, devkit = RAW_YEARS[year]
     with atomic.atomic_write(fs.unstrip_protocol(f"{root}/{train_tar}")) as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as outer:
@@ -413,8 +493,9 @@ def _write_loose(fs: Any, root: str, paths: dict[str, str], ims: list[_Image]) -
     return boxes
 
 
-def _write_folders(fs: Any, root: str, cls: list[_Class], train: list[_Image], val: list[_Image],
-                   seed: int, year: int) -> dict[str, str]:
+def _write_folders(
+    fs: Any, root: str, cls: list[_Class], train: list[_Image], val: list[_Image], seed: int, year: int
+) -> dict[str, str]:
     # val/<wnid>/ as torchvision's ImageFolder and the usual valprep.sh leave it; the devkit beside
     # it still names the classes. (Flatten val/ to get the other variant the layouts accept.)
     paths = {im.key: f"{im.split}/{im.cls.wnid}/{im.key}.JPEG" for im in train + val}
@@ -423,8 +504,9 @@ def _write_folders(fs: Any, root: str, cls: list[_Class], train: list[_Image], v
     return paths
 
 
-def _write_kaggle(fs: Any, root: str, cls: list[_Class], train: list[_Image], val: list[_Image],
-                  seed: int, year: int) -> dict[str, str]:
+def _write_kaggle(
+    fs: Any, root: str, cls: list[_Class], train: list[_Image], val: list[_Image], seed: int, year: int
+) -> dict[str, str]:
     data = "ILSVRC/Data/CLS-LOC"
     paths = {im.key: f"{data}/train/{im.cls.wnid}/{im.key}.JPEG" for im in train}
     paths.update({im.key: f"{data}/val/{im.key}.JPEG" for im in val})

@@ -88,10 +88,17 @@ class PixelSums:
         self.image = np.zeros((STORED_SIZE, STORED_SIZE, 3), np.uint32) if per_pixel else None
 
     def add(self, pixels: np.ndarray) -> None:
-        flat = pixels.reshape(-1, 3).astype(np.int64)
-        self.pixels += flat.shape[0]
-        self.rgb += flat.sum(axis=0)
-        self.outer += flat.T @ flat
+        n = pixels.shape[0] * pixels.shape[1]
+        # One float64 Gram matrix of [r, g, b, 1] gives the outer products and the channel sums
+        # together. float64 BLAS is exact here (each partial sum is an integer < 2**53) and many
+        # times faster than numpy's integer matmul or strided sums (measured: those were a quarter
+        # of the whole shard time).
+        aug = np.ones((n, 4))
+        aug[:, :3] = pixels.reshape(n, 3)
+        gram = aug.T @ aug
+        self.pixels += n
+        self.rgb += gram[:3, 3].astype(np.int64)
+        self.outer += gram[:3, :3].astype(np.int64)
         if self.image is not None:
             self.image += pixels
 

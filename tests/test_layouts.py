@@ -1,0 +1,337 @@
+"""Layout detection and enumeration on small generated copies of each ILSVRC layout."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import fsspec
+import pytest
+import scipy.io
+
+from tools.layouts import Layout, LayoutError, SourceRef, detect, read_bytes
+from tools.sample import make_sample
+
+SMALL = {"classes": 3, "train_per_class": 4, "val_per_class": 2}
+N_TRAIN = SMALL["classes"] * SMALL["train_per_class"]
+N_VAL = SMALL["classes"] * SMALL["val_per_class"]
+DEVKIT_2012 = "ILSVRC2012_devkit_t12.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """One pristine copy per layout (same seed, so the same images); tests copy before editing."""
+    base = tmp_path_factory.mktemp("layouts")
+    made = {}
+    for name, kwargs in {
+        "raw-2012": {},
+        "raw-2010": {"year": 2010},
+        "folders": {"layout": "folders"},
+        "kaggle": {"layout": "kaggle"},
+    }.items():
+        made[name] = (base / name, make_sample(str(base / name), **SMALL, **kwargs))
+    return made
+
+
+def copy(samples: dict, name: str, tmp_path: Path) -> tuple[Path, dict]:
+    src, summary = samples[name]
+    shutil.copytree(src, tmp_path / name)
+    return tmp_path / name, summary
+
+
+def devkit_truth(devkit: Path, year: int) -> dict[str, str]:
+    """val key -> wnid, read straight from the devkit (independently of tools.layouts)."""
+    with tarfile.open(devkit) as tar:
+        files = {m.name.rsplit("/", 1)[-1]: tar.extractfile(m).read() for m in tar if m.isfile()}
+    synsets = scipy.io.loadmat(io.BytesIO(files["meta.mat"]), squeeze_me=True)["synsets"]
+    id_to_wnid = {int(s[f"ILSVRC{year}_ID"]): str(s["WNID"]) for s in synsets}
+    lines = files[f"ILSVRC{year}_validation_ground_truth.txt"].split()
+    return {f"ILSVRC{year}_val_{i:08d}": id_to_wnid[int(x)] for i, x in enumerate(lines, 1)}
+
+
+def labels(refs: list[SourceRef]) -> dict[str, str]:
+    return {r.key: r.wnid for r in refs}
+
+
+def check_common(layout: Layout, summary: dict) -> tuple[list[SourceRef], list[SourceRef]]:
+    """What holds for every layout: sorted-wnid classes, counts, sorted keys, train labels."""
+    assert layout.splits() == ["train", "val"]
+    wnids = sorted(summary["wnids"])
+    assert [(c.index, c.wnid) for c in layout.classes()] == list(enumerate(wnids))
+    train, val = layout.samples("train"), layout.samples("val")
+    assert (len(train), len(val)) == (N_TRAIN, N_VAL)
+    for refs in (train, val):
+        assert [r.key for r in refs] == sorted({r.key for r in refs})
+    assert all(r.key.startswith(r.wnid + "_") for r in train)  # train names carry their class
+    by_key = {r.key: r for r in train}
+    for q in summary["quirks"]:
+        assert by_key[q["key"]].path == q["path"] and by_key[q["key"]].wnid == q["wnid"]
+    assert layout.samples("train") == train  # deterministic
+    return train, val
+
+
+def extract(root: Path, ref: SourceRef) -> bytes:
+    """The bytes of `ref` the ordinary way: extracting with tarfile, or reading the loose file."""
+    parts = ref.path.split("/")
+    if not parts[0].endswith(".tar"):
+        return (root / ref.path).read_bytes()
+    with tarfile.open(root / parts[0]) as outer:
+        data = outer.extractfile(parts[1]).read()
+    if len(parts) == 3:
+        with tarfile.open(fileobj=io.BytesIO(data)) as inner:
+            data = inner.extractfile(parts[2]).read()
+    return data
+
+
+@pytest.mark.parametrize("year", [2012, 2010])
+def test_raw(samples: dict, year: int) -> None:
+    root, summary = samples[f"raw-{year}"]
+    layout = detect(str(root))
+    assert layout.name == f"raw-{year}"
+    assert all(c.words for c in layout.classes())
+    train, val = check_common(layout, summary)
+    assert labels(val) == devkit_truth(root / next(root.glob("*devkit*")), year)
+    for ref in train + val:
+        assert ref.url.endswith(".tar") and ref.size > 0
+        assert read_bytes(ref) == extract(root, ref)
+    train_tar = "ILSVRC2010_images_train.tar" if year == 2010 else "ILSVRC2012_img_train.tar"
+    assert train[0].path.startswith(f"{train_tar}/{train[0].wnid}.tar/")
+
+
+def test_raw_scan_reads_headers_only(samples: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = samples["raw-2012"]
+    layout = detect(str(root))
+    read = [0]
+
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            read[0] += len(data)
+            return data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    real_open = layout.fs.open
+    monkeypatch.setattr(layout.fs, "open", lambda *a, **k: Counting(real_open(*a, **k)))
+    layout.samples("train")
+    size = (root / "ILSVRC2012_img_train.tar").stat().st_size
+    assert 0 < read[0] < size / 20
+
+
+def test_labels_agree_across_layouts(samples: dict) -> None:
+    """Same seed, same images: every layout must give every val image the same class and bytes."""
+    raw = {r.key: r for r in detect(str(samples["raw-2012"][0])).samples("val")}
+    for name in ("folders", "kaggle"):
+        other = detect(str(samples[name][0])).samples("val")
+        assert labels(other) == {k: r.wnid for k, r in raw.items()}
+        assert all(read_bytes(r) == read_bytes(raw[r.key]) for r in other)
+
+
+def test_folders_with_class_val(samples: dict, tmp_path: Path) -> None:
+    root, summary = copy(samples, "folders", tmp_path)
+    for junk in (
+        "train/.DS_Store",
+        "train/README",
+        "val/.DS_Store",
+        f"train/{summary['wnids'][0]}/._x.JPEG",
+        f"train/{summary['wnids'][0]}/Thumbs.db",
+    ):
+        (root / junk).write_bytes(b"junk")
+    layout = detect(f"file://{root}")
+    assert layout.name == "folders"
+    assert all(c.words for c in layout.classes())  # from the devkit beside
+    train, val = check_common(layout, summary)
+    assert labels(val) == devkit_truth(root / DEVKIT_2012, 2012)
+    for ref in train + val:
+        assert (ref.offset, ref.size) == (0, -1) and read_bytes(ref) == (root / ref.path).read_bytes()
+    assert pickle.loads(pickle.dumps(train[0])) == train[0]
+
+
+def flatten_val(root: Path) -> None:
+    for image in list((root / "val").glob("*/*")):
+        image.rename(root / "val" / image.name)
+    for folder in (root / "val").iterdir():
+        if folder.is_dir():
+            folder.rmdir()
+
+
+@pytest.mark.parametrize("devkit", ["tar.gz", "folder"])
+def test_folders_flat_val_labelled_by_devkit(samples: dict, tmp_path: Path, devkit: str) -> None:
+    root, summary = copy(samples, "folders", tmp_path)
+    truth = devkit_truth(root / DEVKIT_2012, 2012)
+    flatten_val(root)
+    if devkit == "folder":
+        with tarfile.open(root / DEVKIT_2012) as tar:
+            tar.extractall(root, filter="data")
+        (root / DEVKIT_2012).unlink()
+    layout = detect(str(root))
+    _, val = check_common(layout, summary)
+    assert labels(val) == truth
+    assert val[0].path == "val/ILSVRC2012_val_00000001.JPEG"
+
+
+def test_folders_without_devkit(samples: dict, tmp_path: Path) -> None:
+    root, summary = copy(samples, "folders", tmp_path)
+    (root / DEVKIT_2012).unlink()
+    layout = detect(str(root))
+    assert [c.words for c in layout.classes()] == [""] * SMALL["classes"]
+    _, val = check_common(layout, summary)
+    flatten_val(root)
+    with pytest.raises(LayoutError, match="flat.*devkit"):
+        detect(str(root)).samples("val")
+
+
+def test_kaggle_in_memory(samples: dict) -> None:
+    src, summary = samples["kaggle"]
+    fs = fsspec.filesystem("memory")
+    for path in src.rglob("*"):
+        if path.is_file():
+            fs.pipe_file(f"/kaggle-copy/{path.relative_to(src)}", path.read_bytes())
+    layout = detect("memory://kaggle-copy")
+    assert layout.name == "kaggle"
+    assert all(c.words for c in layout.classes())
+    train, val = check_common(layout, summary)
+    rows = (src / "LOC_val_solution.csv").read_text().splitlines()[1:]
+    assert labels(val) == {r.split(",")[0]: r.split(",")[1].split()[0] for r in rows}
+    assert val[0].url.startswith("memory://")
+    assert read_bytes(val[0]) == (src / val[0].path).read_bytes()
+
+
+def test_missing_split_is_left_out(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2012", tmp_path)
+    (root / "ILSVRC2012_img_val.tar").unlink()
+    layout = detect(str(root))
+    assert layout.splits() == ["train"]
+    with pytest.raises(LayoutError, match="no val split"):
+        layout.samples("val")
+
+
+@pytest.mark.parametrize("src", ["empty", "missing", "memory://nothing-here"])
+def test_unknown_source_lists_what_was_looked_for(tmp_path: Path, src: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README").write_text("not a dataset")
+    url = src if "://" in src else str(tmp_path / src)
+    with pytest.raises(LayoutError) as e:
+        detect(url)
+    message = str(e.value)
+    assert url in message and "\n" not in message
+    for looked_for in ("raw-2012", "ILSVRC2012_img_train.tar", "raw-2010", "kaggle", "folders"):
+        assert looked_for in message
+
+
+def rewrite_devkit(path: Path, change: dict[str, bytes | None]) -> None:
+    """Replace (bytes) or drop (None) members of the devkit tar.gz, matched by name suffix."""
+    with tarfile.open(path) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    for suffix, data in change.items():
+        name = next(n for n in files if n.endswith(suffix))
+        if data is None:
+            del files[name]
+        else:
+            files[name] = data
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"meta.mat": None}, r"ILSVRC2012_devkit_t12\.tar\.gz: expected one data/meta\.mat"),
+        ({"meta.mat": b"not matlab"}, "meta.mat: not a readable MATLAB file"),
+        ({"ground_truth.txt": None}, "expected one data/ILSVRC2012_validation_ground_truth.txt"),
+        ({"ground_truth.txt": b"1\n2\n"}, "ILSVRC2012_validation_ground_truth.txt: 2 labels but"),
+        ({"ground_truth.txt": b"1\n2\n3\n99\n1\n2\n"}, "truth.txt: line 4 is '99', not the ILSVRC2012_ID"),
+    ],
+)
+def test_bad_devkit(samples: dict, tmp_path: Path, change: dict, message: str) -> None:
+    root, _ = copy(samples, "raw-2012", tmp_path)
+    rewrite_devkit(root / DEVKIT_2012, change)
+    with pytest.raises(LayoutError, match=message):
+        detect(str(root)).samples("val")
+
+
+def test_unreadable_or_missing_devkit(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2012", tmp_path)
+    (root / DEVKIT_2012).write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(LayoutError, match=r"ILSVRC2012_devkit_t12\.tar\.gz: not a readable tar\.gz"):
+        detect(str(root))
+    (root / DEVKIT_2012).unlink()
+    with pytest.raises(LayoutError, match="not ILSVRC2012_devkit_t12.tar.gz"):
+        detect(str(root))
+
+
+def test_train_class_unknown_to_devkit(samples: dict, tmp_path: Path) -> None:
+    root, summary = copy(samples, "folders", tmp_path)
+    (root / "train" / "n09999999").mkdir()
+    (root / "train" / "n09999999" / "n09999999_1.JPEG").write_bytes(b"x")
+    with pytest.raises(LayoutError, match="train/n09999999 is not one of the 3 known classes"):
+        detect(str(root)).samples("train")
+    shutil.rmtree(root / "train" / "n09999999")
+    (root / "train" / "misc").mkdir()
+    with pytest.raises(LayoutError, match="train/misc is not named by a WordNet id"):
+        detect(str(root)).samples("train")
+    shutil.rmtree(root / "train" / "misc")
+    shutil.rmtree(root / "train" / summary["wnids"][1])
+    with pytest.raises(LayoutError, match="1 of 3 classes have no train images"):
+        detect(str(root)).samples("train")
+
+
+def test_raw_train_class_unknown_to_devkit(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2012", tmp_path)
+    with tarfile.open(root / "ILSVRC2012_img_train.tar", "a") as tar:
+        info = tarfile.TarInfo("n09999999.tar")
+        info.size = 10240
+        tar.addfile(info, io.BytesIO(bytes(10240)))
+    with pytest.raises(LayoutError, match="ILSVRC2012_img_train.tar/n09999999.tar: n09999999 is not one of"):
+        detect(str(root)).samples("train")
+
+
+def test_val_file_without_label(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "folders", tmp_path)
+    flatten_val(root)
+    (root / "val" / "ILSVRC2012_val_00000002.JPEG").rename(root / "val" / "ILSVRC2012_val_00000099.JPEG")
+    with pytest.raises(LayoutError, match="val/ILSVRC2012_val_00000099.JPEG: no ground-truth label"):
+        detect(str(root)).samples("val")
+    (root / "val" / "extra.JPEG").write_bytes(b"x")
+    with pytest.raises(LayoutError, match=f"truth.txt: {N_VAL} labels but val holds {N_VAL + 1} images"):
+        detect(str(root)).samples("val")
+
+
+def test_kaggle_val_without_label(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "kaggle", tmp_path)
+    csv = root / "LOC_val_solution.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(LayoutError, match=f"LOC_val_solution.csv: {N_VAL - 1} labels but"):
+        detect(str(root)).samples("val")
+    csv.write_text("id,label\n")
+    with pytest.raises(LayoutError, match="header"):
+        detect(str(root)).samples("val")
+    (root / "LOC_synset_mapping.txt").unlink()
+    with pytest.raises(LayoutError, match="not LOC_synset_mapping.txt"):
+        detect(str(root))
+
+
+def test_read_bytes_reports_a_changed_file(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2012", tmp_path)
+    ref = detect(str(root)).samples("train")[-1]
+    with open(root / "ILSVRC2012_img_train.tar", "r+b") as f:
+        f.truncate(ref.offset + 10)
+    with pytest.raises(LayoutError, match=f"{ref.path}: got 10 of {ref.size} bytes"):
+        read_bytes(ref)

@@ -1,0 +1,308 @@
+"""trainer/model.py: layer sizes, LRN formula, init, column connectivity and device crossings (CPU)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import paper
+from trainer.model import AlexNet, LocalResponseNorm
+
+BATCH = 2
+PAPER_PARAMETERS = 60_965_224  # §1: "60 million parameters"; Figure 2's layers counted exactly
+
+
+@pytest.fixture(scope="module")
+def model() -> AlexNet:
+    """Paper init, both columns on the CPU. Tests set train()/eval() themselves and leave no hooks."""
+    torch.manual_seed(0)
+    return AlexNet(devices=("cpu",))
+
+
+@pytest.fixture(scope="module")
+def split_model(model: AlexNet) -> AlexNet:
+    """Two logical devices ("cpu" twice), loaded from `model`'s state dict."""
+    split = AlexNet(devices=("cpu", "cpu"))
+    split.load_state_dict(model.state_dict())
+    return split
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(BATCH, 3, paper.CROP_SIZE, paper.CROP_SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def run(model: AlexNet, x: torch.Tensor, capture=(), inputs=(), perturb=None) -> dict[str, torch.Tensor]:
+    """Forward pass returning the outputs of the `capture` modules and the inputs of the `inputs` ones
+    (named as in the state dict, e.g. "conv2.1"); `perturb` adds noise to one module's output."""
+    seen, handles = {"logits": None}, []
+    try:
+        for name in capture:
+            hook = lambda m, i, o, name=name: seen.__setitem__(name, o.detach().clone())  # noqa: E731
+            handles.append(model.get_submodule(name).register_forward_hook(hook))
+        for name in inputs:
+            hook = lambda m, i, name=name: seen.__setitem__(name + ":in", i[0].detach().clone())  # noqa: E731
+            handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+        if perturb is not None:
+            noise = lambda m, i, o: o + torch.randn_like(o)  # noqa: E731
+            handles.append(model.get_submodule(perturb).register_forward_hook(noise))
+        with torch.no_grad():
+            seen["logits"] = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def test_parameter_count_and_shapes(model: AlexNet) -> None:
+    assert sum(p.numel() for p in model.parameters()) == PAPER_PARAMETERS
+    shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    assert shapes["conv1.0.weight"] == (48, 3, 11, 11)
+    assert shapes["conv2.1.weight"] == (128, 48, 5, 5)  # own column only
+    assert shapes["conv3.0.weight"] == (192, 256, 3, 3)  # both columns
+    assert shapes["conv4.1.weight"] == (192, 192, 3, 3)
+    assert shapes["conv5.0.weight"] == (128, 192, 3, 3)
+    assert shapes["fc6.1.weight"] == (2048, 9216)
+    assert shapes["fc7.0.weight"] == (2048, 4096)
+    assert shapes["fc8.weight"] == (1000, 4096)
+
+
+def test_map_sizes(model: AlexNet, images: torch.Tensor) -> None:
+    model.eval()
+    pools = []
+    handle = model.pool.register_forward_hook(lambda m, i, o: pools.append(tuple(o.shape[1:])))
+    try:
+        convs = ["conv1.0", "conv2.0", "conv3.0", "conv4.0", "conv5.0"]
+        seen = run(model, images, capture=convs, inputs=["fc6.0"])
+    finally:
+        handle.remove()
+    # The pool runs once per column: after conv1, conv2 and conv5.
+    assert pools == [(48, 27, 27)] * 2 + [(128, 13, 13)] * 2 + [(128, 6, 6)] * 2
+    assert seen["conv1.0"].shape[1:] == (48, 55, 55)
+    assert seen["conv2.0"].shape[1:] == (128, 27, 27)
+    assert seen["conv3.0"].shape[1:] == (192, 13, 13)
+    assert seen["conv4.0"].shape[1:] == (192, 13, 13)
+    assert seen["conv5.0"].shape[1:] == (128, 13, 13)
+    assert seen["fc6.0:in"].shape == (BATCH, 2 * 128 * 6 * 6)
+    assert seen["logits"].shape == (BATCH, paper.NUM_CLASSES)
+    stages = [seen[f"conv{i}.0"].shape[-1] for i in (1, 2, 3, 4, 5)]
+    sizes = [stages[0], pools[0][-1], stages[1], pools[2][-1], *stages[2:], pools[4][-1]]
+    assert sizes == [55, 27, 27, 13, 13, 13, 13, 6]
+
+
+def test_lrn_follows_relu(model: AlexNet, images: torch.Tensor) -> None:
+    """§3.3: "we applied this normalization after applying the ReLU nonlinearity"."""
+    model.eval()
+    lowest = []
+    handle = model.lrn.register_forward_pre_hook(lambda m, i: lowest.append(i[0].min().item()))
+    try:
+        # Scaled up so that conv2, whose biases start at 1, also has negative pre-activations.
+        run(model, 100 * images)
+    finally:
+        handle.remove()
+    assert lowest == [0.0] * 4  # conv1 and conv2, each column
+
+
+def lrn_by_hand(a: torch.Tensor, alpha: float) -> torch.Tensor:
+    """§3.3 written out: b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2) ** beta."""
+    values = a.tolist()
+    out = torch.empty_like(a)
+    batch, channels, height, width = a.shape
+    half = paper.LRN_SIZE // 2
+    for n in range(batch):
+        for i in range(channels):
+            for y in range(height):
+                for x in range(width):
+                    window = range(max(0, i - half), min(channels - 1, i + half) + 1)
+                    total = sum(values[n][j][y][x] ** 2 for j in window)
+                    out[n, i, y, x] = values[n][i][y][x] / (paper.LRN_K + alpha * total) ** paper.LRN_BETA
+    return out
+
+
+@pytest.fixture(scope="module")
+def activations() -> torch.Tensor:
+    # Large enough that alpha * sum(a^2) is far from negligible next to k, as in the trained net.
+    return 30 * torch.randn(2, 7, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize(
+    "variant, alpha", [("paper", paper.LRN_ALPHA), ("cuda-convnet", paper.LRN_ALPHA / paper.LRN_SIZE)]
+)
+def test_lrn_matches_formula(activations: torch.Tensor, variant: str, alpha: float) -> None:
+    got = LocalResponseNorm(variant)(activations)
+    assert torch.allclose(got, lrn_by_hand(activations, alpha), rtol=1e-12, atol=0)
+    # Edge channels: the window is clipped to the channels that exist, not padded by extra terms.
+    a = activations[0, :, 0, 0]
+    first = a[0] / (paper.LRN_K + alpha * (a[0] ** 2 + a[1] ** 2 + a[2] ** 2)) ** paper.LRN_BETA
+    last = a[6] / (paper.LRN_K + alpha * (a[4] ** 2 + a[5] ** 2 + a[6] ** 2)) ** paper.LRN_BETA
+    assert torch.allclose(got[0, 0, 0, 0], first, rtol=1e-12, atol=0)
+    assert torch.allclose(got[0, 6, 0, 0], last, rtol=1e-12, atol=0)
+
+
+def test_torch_lrn_alpha_is_not_the_papers(activations: torch.Tensor) -> None:
+    torch_lrn = nn.LocalResponseNorm(paper.LRN_SIZE, paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K)
+    assert not torch.allclose(torch_lrn(activations), lrn_by_hand(activations, paper.LRN_ALPHA), rtol=1e-3)
+    # ... it is the cuda-convnet convention (alpha / n).
+    assert torch.allclose(torch_lrn(activations), LocalResponseNorm("cuda-convnet")(activations), rtol=1e-12)
+
+
+def test_paper_init(model: AlexNet) -> None:
+    for name, p in model.named_parameters():
+        layer = name.split(".")[0]
+        if name.endswith("bias"):
+            expected = 1.0 if layer in paper.INIT_BIAS_ONE else 0.0
+            assert torch.all(p == expected), name
+        else:
+            assert abs(p.std().item() - paper.INIT_WEIGHT_STD) < 0.05 * paper.INIT_WEIGHT_STD, name
+            assert abs(p.mean().item()) < 0.1 * paper.INIT_WEIGHT_STD, name
+    ones = {n.split(".")[0] for n, p in model.named_parameters() if n.endswith("bias") and torch.all(p == 1)}
+    assert ones == {"conv2", "conv4", "conv5", "fc6", "fc7"}
+
+
+def test_kaiming_init_differs() -> None:
+    torch.manual_seed(0)
+    kaiming = AlexNet(devices=("cpu",), init="kaiming")
+    for name, p in kaiming.named_parameters():
+        if name.endswith("bias"):
+            assert torch.all(p == 0), name
+        elif name.startswith("conv"):
+            fan_out = p.shape[0] * p.shape[2] * p.shape[3]
+            assert abs(p.std().item() - math.sqrt(2 / fan_out)) < 0.05 * math.sqrt(2 / fan_out), name
+            assert abs(p.std().item() - paper.INIT_WEIGHT_STD) > 0.2 * paper.INIT_WEIGHT_STD, name
+
+
+def test_bad_arguments_fail_early() -> None:
+    with pytest.raises(ValueError, match="init"):
+        AlexNet(devices=("cpu",), init="xavier")
+    with pytest.raises(ValueError, match="lrn_variant"):
+        AlexNet(devices=("cpu",), lrn_variant="torch")
+    with pytest.raises(ValueError, match="devices"):
+        AlexNet(devices=("cpu", "cpu", "cpu"))
+
+
+@pytest.mark.parametrize(
+    "perturbed, unchanged, changed",
+    [
+        ("conv1.0", ["conv2.1"], ["conv2.0", "conv3.1"]),  # conv2 own column; conv3 sees both
+        ("conv1.1", ["conv2.0"], ["conv2.1", "conv3.0"]),
+        ("conv3.0", ["conv4.1", "conv5.1"], ["conv4.0", "conv5.0", "fc6.1"]),  # conv4-5 own; fc6 both
+        ("fc6.0", [], ["fc7.1"]),  # fc7 sees all of fc6
+        ("fc7.1", [], ["fc8"]),  # fc8 sees all of fc7
+    ],
+)
+def test_column_connectivity(model, images, perturbed, unchanged, changed) -> None:
+    model.eval()
+    torch.manual_seed(3)
+    base = run(model, images, capture=unchanged + changed)
+    moved = run(model, images, capture=unchanged + changed, perturb=perturbed)
+    for name in unchanged:
+        assert torch.equal(base[name], moved[name]), f"{name} sees {perturbed}"
+    for name in changed:
+        assert not torch.allclose(base[name], moved[name]), f"{name} does not see {perturbed}"
+
+
+def forward_backward(model: AlexNet, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(4)  # same dropout masks
+    logits = model(x)
+    logits.logsumexp(dim=1).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return logits.detach(), grads
+
+
+def test_split_matches_single_device(model: AlexNet, split_model: AlexNet, images: torch.Tensor) -> None:
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in split_model.state_dict().items()
+    }
+    model.eval(), split_model.eval()
+    with torch.no_grad():
+        assert torch.equal(split_model(images), model(images))
+    model.train(), split_model.train()
+    single_logits, single_grads = forward_backward(model, images)
+    split_logits, split_grads = forward_backward(split_model, images)
+    assert torch.equal(split_logits, single_logits)
+    assert split_grads.keys() == single_grads.keys()
+    for name, grad in single_grads.items():
+        assert torch.equal(split_grads[name], grad), name
+
+
+def test_one_column_per_device() -> None:
+    # "meta" stands in for a second GPU: only placement is checked, no forward pass.
+    placed = AlexNet(devices=("cpu", "meta"))
+    for name, p in placed.named_parameters():
+        column = 0 if name.startswith("fc8") else int(name.split(".")[1])
+        assert p.device.type == ("cpu", "meta")[column], name
+
+
+@pytest.mark.parametrize("which", ["model", "split_model"])
+def test_crossings_only_at_conv3_fc6_fc7_fc8(request, monkeypatch, images, which) -> None:
+    net = request.getfixturevalue(which)
+    net.eval()
+    calls, move = [], net._move
+
+    def record(x, layer, src, dst):
+        calls.append((layer, src, dst))
+        return move(x, layer, src, dst)
+
+    monkeypatch.setattr(net, "_move", record)
+    with torch.no_grad():
+        net(images)
+    assert calls == [
+        ("input", None, 0),
+        ("input", None, 1),
+        ("conv3", 1, 0),
+        ("conv3", 0, 1),
+        ("fc6", 1, 0),
+        ("fc6", 0, 1),
+        ("fc7", 1, 0),
+        ("fc7", 0, 1),
+        ("fc8", 1, 0),  # the logits are computed, and returned, on devices[0]
+    ]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_dropout_on_fc6_and_fc7_outputs_in_training_only(model, images, train) -> None:
+    model.train(train)
+    torch.manual_seed(5)
+    seen = run(model, images, capture=["fc6.0", "fc6.1", "fc7.0", "fc7.1"], inputs=["fc7.0", "fc7.1", "fc8"])
+    for layer, receivers in (("fc6", ["fc7.0", "fc7.1"]), ("fc7", ["fc8"])):
+        relu = torch.cat([seen[f"{layer}.0"], seen[f"{layer}.1"]], dim=1).clamp(min=0)
+        for receiver in receivers:
+            got = seen[receiver + ":in"]
+            if not train:
+                assert torch.equal(got, relu)
+                continue
+            # Inverted dropout: each unit is zeroed or scaled by 1 / (1 - p) = 2.
+            alive = relu > 0
+            kept = got[alive] != 0
+            assert 0.4 < kept.float().mean().item() < 0.6
+            assert torch.allclose(got[alive][kept], relu[alive][kept] / (1 - paper.DROPOUT))
+            assert torch.all(got[~alive] == 0)
+        if train and layer == "fc6":
+            # Each column drops its own units once, before the exchange: both fc7 halves see one mask.
+            assert torch.equal(seen["fc7.0:in"], seen["fc7.1:in"])
+
+
+def test_channels_last_input(model: AlexNet, images: torch.Tensor) -> None:
+    model.eval()
+    with torch.no_grad():
+        expected = model(images)
+        assert torch.allclose(model(images.to(memory_format=torch.channels_last)), expected, atol=1e-5)
+        model.to(memory_format=torch.channels_last)
+        try:
+            assert torch.allclose(model(images.to(memory_format=torch.channels_last)), expected, atol=1e-5)
+        finally:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def test_bf16_autocast_on_cpu(model: AlexNet, images: torch.Tensor) -> None:
+    model.eval()
+    with torch.no_grad():
+        expected = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(images)
+    assert logits.dtype == torch.bfloat16
+    assert torch.isfinite(logits).all()
+    assert (logits.float() - expected).abs().max() < 0.05 * expected.abs().max()

@@ -1,0 +1,173 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton 2012, §3 and Figure 2), split in two columns as on two GPUs.
+
+    model = AlexNet(devices=("cuda:0", "cuda:1"))  # one column per GPU, as in the paper
+    model = AlexNet(devices=("cuda:0",))           # both columns on one GPU, same forward
+    logits = model(images)                          # (N, 3, 224, 224) -> (N, 1000) on devices[0]
+
+The parameter names and shapes do not depend on `devices`, so a checkpoint moves freely between
+two GPUs, one GPU and the CPU.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import paper
+
+COLS = range(paper.COLUMNS)
+
+# Padding is not in the paper. Figure 2 has 224x224 inputs and 55x55 conv1 maps, which an 11x11
+# stride-4 kernel only gives with 2 pixels of padding: (224 + 2*2 - 11) // 4 + 1 = 55. conv2 (5x5)
+# pads 2 and conv3-5 (3x3) pad 1 to keep Figure 2's 27x27 and 13x13 maps.
+CONV_PADDING = (2, 2, 1, 1, 1)
+FC6_MAP = 6  # 13x13 conv5 maps after 3x3 stride-2 pooling; 2 * 128 * 6 * 6 = 9216 fc6 inputs
+
+LRN_VARIANTS = ("paper", "cuda-convnet")
+INITS = ("paper", "kaiming")
+
+
+class LocalResponseNorm(nn.Module):
+    """§3.3: b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2) ** beta, across channels.
+
+    variant="paper" is the formula as printed. variant="cuda-convnet" divides alpha by n, as
+    Krizhevsky's released cuda-convnet does (its layer parser sets scale /= size); that is also what
+    torch.nn.LocalResponseNorm(n, alpha) computes.
+    """
+
+    def __init__(
+        self,
+        variant: str = "paper",
+        size: int = paper.LRN_SIZE,
+        alpha: float = paper.LRN_ALPHA,
+        beta: float = paper.LRN_BETA,
+        k: float = paper.LRN_K,
+    ) -> None:
+        super().__init__()
+        if variant not in LRN_VARIANTS:
+            raise ValueError(f"lrn_variant must be one of {LRN_VARIANTS}, got {variant!r}")
+        self.variant, self.size, self.alpha, self.beta, self.k = variant, size, alpha, beta, k
+        # torch averages the window (alpha / n * sum a^2, zeros past the edge channels) where the
+        # paper sums it, so the paper's alpha has to be passed as alpha * n.
+        self.torch_alpha = alpha * size if variant == "paper" else alpha
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.local_response_norm(x, self.size, self.torch_alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+def _columns(make: Callable[[], nn.Module]) -> nn.ModuleList:
+    return nn.ModuleList(make() for _ in COLS)
+
+
+class AlexNet(nn.Module):
+    """The eight learned layers of Figure 2; returns logits (the softmax is in the loss / evaluation).
+
+    Each conv and hidden FC layer is a pair of half-width layers, index 0 and 1 being the two
+    columns ("GPUs"). As in §3.2, conv2, conv4 and conv5 see only their own column's maps, while
+    conv3, fc6, fc7 and fc8 see both: those four are the only places activations cross columns.
+
+    devices: one entry per column, or a single entry for both. All transfers go through `_move`.
+    init: "paper" (§5: weights N(0, 0.01), biases 1 in paper.INIT_BIAS_ONE, else 0) for the
+        reproduction; "kaiming" (He-normal convs, N(0, 0.01) FCs, zero biases) for short CPU demos,
+        where the paper's init barely moves in a few epochs.
+    lrn_variant: "paper" (the §3.3 formula) or "cuda-convnet" (alpha divided by n); see LocalResponseNorm.
+
+    Dropout (§4.2, p=0.5 on the outputs of fc6 and fc7) is PyTorch's inverted dropout: kept units are
+    scaled by 1/(1-p) = 2 at train time and nothing at test time, which gives the same expected
+    activations as the paper's "multiply the outputs by 0.5" at test time.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = paper.NUM_CLASSES,
+        devices: Sequence[str | torch.device] = ("cuda:0", "cuda:1"),
+        init: str = "paper",
+        lrn_variant: str = "paper",
+    ) -> None:
+        super().__init__()
+        if len(devices) not in (1, paper.COLUMNS):
+            raise ValueError(f"devices must have 1 or {paper.COLUMNS} entries, got {devices!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        # No parameters, so one instance serves both columns on any device. Built first so a bad
+        # lrn_variant fails before 61M weights are allocated.
+        self.lrn = LocalResponseNorm(lrn_variant)
+        self.pool = nn.MaxPool2d(paper.POOL_KERNEL, paper.POOL_STRIDE)
+        self.dropout = nn.Dropout(paper.DROPOUT)
+
+        c1, c2, c3, c4, c5 = (c // paper.COLUMNS for c in paper.CONV_CHANNELS)  # 48, 128, 192, 192, 128
+        k1, k2, k3, k4, k5 = paper.CONV_KERNELS
+        p1, p2, p3, p4, p5 = CONV_PADDING
+        fc = paper.FC_WIDTH // paper.COLUMNS  # 2048
+        both = paper.COLUMNS  # input width factor of the layers that see both columns
+
+        # _init_weights sets every weight, so the layers are built on "meta" to skip torch's default
+        # init, which is half the construction time on a CPU.
+        with torch.device("meta"):
+            self.conv1 = _columns(lambda: nn.Conv2d(3, c1, k1, stride=paper.CONV1_STRIDE, padding=p1))
+            self.conv2 = _columns(lambda: nn.Conv2d(c1, c2, k2, padding=p2))
+            self.conv3 = _columns(lambda: nn.Conv2d(both * c2, c3, k3, padding=p3))
+            self.conv4 = _columns(lambda: nn.Conv2d(c3, c4, k4, padding=p4))
+            self.conv5 = _columns(lambda: nn.Conv2d(c4, c5, k5, padding=p5))
+            self.fc6 = _columns(lambda: nn.Linear(both * c5 * FC6_MAP * FC6_MAP, fc))
+            self.fc7 = _columns(lambda: nn.Linear(both * fc, fc))
+            self.fc8 = nn.Linear(both * fc, num_classes)
+
+        # Initialised on the CPU before placement, so a seed gives the same weights on any devices.
+        self.to_empty(device="cpu")
+        self._init_weights(init)
+        column_devices = [torch.device(d) for d in devices] * (paper.COLUMNS // len(devices))
+        for c, device in enumerate(column_devices):
+            for layers in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc6, self.fc7):
+                layers[c].to(device)
+        self.fc8.to(column_devices[0])
+
+    def _named_layers(self) -> Iterator[tuple[str, nn.Module]]:
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+            for layer in getattr(self, name):
+                yield name, layer
+        yield "fc8", self.fc8
+
+    def _init_weights(self, init: str) -> None:
+        for name, layer in self._named_layers():
+            if init == "paper":
+                nn.init.normal_(layer.weight, 0.0, paper.INIT_WEIGHT_STD)
+                nn.init.constant_(layer.bias, 1.0 if name in paper.INIT_BIAS_ONE else 0.0)
+                continue
+            # torchvision's VGG recipe: He init keeps the ReLU conv stack's activations at unit scale.
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.normal_(layer.weight, 0.0, paper.INIT_WEIGHT_STD)
+            nn.init.zeros_(layer.bias)
+
+    def _move(self, x: Tensor, layer: str, src: int | None, dst: int) -> Tensor:
+        """Send `x` from column `src` (None: the caller's input) to column `dst`'s device for `layer`.
+
+        The single place tensors change device, so a test can record every crossing.
+        """
+        device = self.conv1[dst].weight.device  # follows the parameters, also after model.to(...)
+        # Only copies into a GPU may be non_blocking: a GPU->CPU one could be read before it lands.
+        return x.to(device, non_blocking=device.type == "cuda")
+
+    def _gather(self, xs: list[Tensor], layer: str, dst: int) -> Tensor:
+        """Both columns' activations, concatenated (column 0 first) on column `dst`'s device."""
+        return torch.cat([x if c == dst else self._move(x, layer, c, dst) for c, x in enumerate(xs)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Each step launches column 0's then column 1's kernels; CUDA launches are asynchronous, so
+        # with two GPUs both columns run at once. Nothing here waits on a GPU (no .item(), no sync).
+        x = [self._move(x, "input", None, c) for c in COLS]
+        # §3.3-3.4: ReLU, then response normalisation, then overlapping max-pooling.
+        x = [self.pool(self.lrn(F.relu(self.conv1[c](x[c])))) for c in COLS]
+        x = [self.pool(self.lrn(F.relu(self.conv2[c](x[c])))) for c in COLS]
+        x = [F.relu(self.conv3[c](self._gather(x, "conv3", c))) for c in COLS]
+        x = [F.relu(self.conv4[c](x[c])) for c in COLS]
+        x = [torch.flatten(self.pool(F.relu(self.conv5[c](x[c]))), 1) for c in COLS]
+        x = [self.dropout(F.relu(self.fc6[c](self._gather(x, "fc6", c)))) for c in COLS]
+        x = [self.dropout(F.relu(self.fc7[c](self._gather(x, "fc7", c)))) for c in COLS]
+        return self.fc8(self._gather(x, "fc8", 0))
