@@ -25,7 +25,16 @@ def _fail(message: str) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option("0.1.0", prog_name="alexnet-prep")
 def main() -> None:
-    """Prepare ILSVRC for alexnet-repro: shards, index files, PCA lighting stats, checks."""
+    """Prepare ILSVRC for alexnet-repro: shards, index files, PCA lighting stats, checks.
+
+    \b
+    The usual sequence:
+      alexnet-prep shard --src /data/ILSVRC2012 --out shards/
+      alexnet-prep pca-stats --shards shards/ --from-manifest
+      alexnet-prep verify --shards shards/
+    `alexnet-prep sample --out DIR` makes a small synthetic ILSVRC copy to try it on.
+    Every command takes --help.
+    """
 
 
 @main.command()
@@ -65,7 +74,8 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
 @click.option("--out", default="shards", help="Folder or fsspec URL for the shards.")
 @click.option("--split", "splits", default="train,val", help="Comma-separated splits to write.")
 @click.option("--shard-size", type=int, default=None,
-              help="Samples per shard [default: 5000, ~145 MB of 256px JPEGs at full scale].")
+              help="Samples per shard [default: 5000: ~125 MB at an estimated ~25 kB per stored "
+                   "ImageNet image].")
 @click.option("--quality", type=int, default=None, help="JPEG quality of the stored images [default: 90].")
 @click.option("--seed", type=int, default=0, help="Seed of the train shuffle across shards.")
 @click.option("--workers", type=int, default=DEFAULT_WORKERS, help="Parallel processes (one shard each).")
