@@ -18,8 +18,12 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The main job on the embedded sample: make the data, shard it, compute its statistics, verify.
 demo: install
-	DEMO=$(DEMO) BIN=$(BIN) bash tools/demo.sh
+	$(BIN)/alexnet-prep sample --out $(DEMO)/ILSVRC2012 --classes 10 --train-per-class 40 --val-per-class 10
+	$(BIN)/alexnet-prep shard --src $(DEMO)/ILSVRC2012 --out $(DEMO)/shards --shard-size 100
+	$(BIN)/alexnet-prep pca-stats --shards $(DEMO)/shards
+	$(BIN)/alexnet-prep verify --shards $(DEMO)/shards
 
 test: install
 	$(BIN)/ruff check .
