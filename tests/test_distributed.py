@@ -1,0 +1,135 @@
+"""Data parallelism on the CPU: 2 gloo processes (torch.multiprocessing) against 1 process.
+
+With --batch-size as the GLOBAL batch, two ranks of half the batch each must train exactly like one
+process on the whole batch (dropout off: its masks are per rank by design), log once, and a job
+restarted by torchrun (TORCHELASTIC_RESTART_COUNT > 0) must pick up the checkpoint on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+
+from tests import test_train_fakes as fakes
+from trainer import checkpoint, distributed, metrics, train
+from trainer.cli import main as train_cli
+from trainer.config import TrainConfig
+
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def without_dropout(patch: Any) -> None:
+    """Dropout draws different masks for 1x4 and 2x2 samples; switch it off to compare the arithmetic."""
+    original = train.build_model
+
+    def build(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = original(*args, **kwargs)
+        model.dropout.p = 0.0
+        return model
+
+    patch.setattr(train, "build_model", build)
+
+
+def _worker(rank: int, port: int, cfg: dict[str, Any], env: dict[str, str]) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **env)
+    torch.set_num_threads(1)  # two processes on two cores
+    patch = SimpleNamespace(setattr=setattr)
+    fakes.install(patch, train_samples=8)
+    without_dropout(patch)
+    train.main(TrainConfig.from_dict(cfg))
+
+
+def run_ddp(cfg: TrainConfig, env: dict[str, str] | None = None) -> None:
+    mp.spawn(_worker, args=(free_port(), cfg.to_dict(), env or {}), nprocs=WORLD, join=True)
+
+
+def small(shards: Path, out: Path, **kw: Any) -> TrainConfig:
+    base = {"shards": str(shards), "out": str(out), "epochs": 1, "batch_size": 4, "init": "kaiming",
+            "devices": ("cpu",), "precision": "fp32", "channels_last": False, "log_every": 1,
+            "ten_crop": False, "progress": False}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_ddp_two_processes_equal_one_process_and_restart_resumes(sample_shards: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    fakes.install(monkeypatch, train_samples=8)  # 2 steps of global batch 4
+    without_dropout(monkeypatch)
+    # One log line for both steps: the restart falls inside a log interval, whose per-rank partial
+    # sums must travel in the checkpoint.
+    single = train.main(small(sample_shards, tmp_path / "single", log_every=2))
+
+    ddp = tmp_path / "ddp"
+    run_ddp(small(sample_shards, ddp, log_every=2, max_steps=1))  # stops after step 1 with a checkpoint
+    assert [p.name for p in checkpoint.complete(ddp)] == ["step-00000001.pt"]
+    # torchrun restarts every worker with the same arguments (no --resume): they continue from step 1.
+    run_ddp(small(sample_shards, ddp, log_every=2), env={"TORCHELASTIC_RESTART_COUNT": "1"})
+
+    one, two = metrics.read(tmp_path / "single"), metrics.read(ddp)
+    assert [r["kind"] for r in two] == ["resume", "train", "epoch"]  # rank 0 alone logs
+    loss_one = {r["step"]: r["loss"] for r in one if r["kind"] == "train"}
+    loss_two = {r["step"]: r["loss"] for r in two if r["kind"] == "train"}
+    assert loss_two.keys() == {2}
+    for step in loss_one:
+        assert loss_two[step] == pytest.approx(loss_one[step], rel=1e-5)
+    epoch = two[-1]
+    assert epoch["train_loss"] == pytest.approx(single["train_loss"], rel=1e-5)  # across the restart too
+    # Val metrics are sums over both ranks' halves of the 16 images, not averages of averages.
+    assert epoch["val_samples"] == single["val_samples"] == 16
+    assert epoch["val_top1_err"] == single["val_top1_err"]
+    assert epoch["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+    w1, _ = checkpoint.load_latest(tmp_path / "single")
+    w2, _ = checkpoint.load_latest(ddp)
+    assert w2["world_size"] == WORLD and len(w2["rng"]) == WORLD
+    for name, value in w1["model"].items():
+        # Sums in another order (gloo's all_reduce, 1 vs 2 threads): ~1e-6 on weights of ~0.1.
+        torch.testing.assert_close(w2["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow  # ~25 s: torchrun, 2 processes, the real DALI CPU pipeline
+def test_torchrun_with_the_pipeline(sample_shards: Path, tmp_path: Path) -> None:
+    """47 images over 2 ranks (23 and 24, padded): every image trained on and evaluated once."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+           "-m", "trainer.cli", "--shards", str(sample_shards), "--out", str(run), "--epochs", "1",
+           "--batch-size", "8", "--init", "kaiming", "--log-every", "1", "--devices", "cpu",
+           "--precision", "fp32", "--no-progress", "--no-ten-crop"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = metrics.read(run)
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]  # logged once
+    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    assert epoch["val_samples"] == 16
+    assert [p.name for p in checkpoint.complete(run)] == ["step-00000006.pt"]
+
+
+def test_batch_size_must_divide_across_ranks(sample_shards: Path, tmp_path: Path) -> None:
+    env = {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "3"}
+    result = CliRunner().invoke(train_cli, ["--shards", str(sample_shards), "--out", str(tmp_path / "r"),
+                                            "--batch-size", "8"], env=env)
+    assert result.exit_code == 2
+    assert "--batch-size 8 does not divide across 3 processes" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_replica_devices_shift_by_local_rank() -> None:
+    world = distributed.World(rank=5, size=8, local_rank=1, local_size=4)
+    assert distributed.replica_devices(("cuda:0", "cuda:1"), world) == ("cuda:2", "cuda:3")
+    assert distributed.replica_devices(("cuda:0",), world) == ("cuda:1",)
+    assert distributed.replica_devices(("cpu",), world) == ("cpu",)

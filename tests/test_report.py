@@ -1,0 +1,68 @@
+"""alexnet-report: curves.png and summary.md from a run folder's params.json and metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from trainer.cli import report_main
+from trainer.config import TrainConfig
+
+
+def fake_run(run: Path, **config: object) -> None:
+    run.mkdir(parents=True)
+    cfg = TrainConfig(shards="s", out=str(run), **config).to_dict()
+    params = {"config": cfg, "git": "abc123", "world_size": 2, "devices": ["cpu"],
+              "machine": {"cpus": 2, "cpu": "test cpu", "gpus": []},
+              "shards": {"train_hash": "f" * 64, "val_hash": "e" * 64, "train_samples": 47,
+                         "val_samples": 16, "classes": 4}}
+    (run / "params.json").write_text(json.dumps(params))
+    records = []
+    for epoch in range(3):
+        for s in range(1, 5):
+            step = epoch * 4 + s
+            records.append({"kind": "train", "epoch": epoch, "step": step, "loss": 1.4 - 0.05 * step,
+                            "lr": 0.01 if epoch < 2 else 0.001, "images_per_s": 10.0, "data_wait": 0.1})
+        records.append({"kind": "epoch", "epoch": epoch, "step": 4 * (epoch + 1),
+                        "train_loss": 1.3 - 0.1 * epoch,
+                        "val_loss": 1.35 - 0.1 * epoch, "val_top1_err": [0.7, 0.5, 0.55][epoch],
+                        "val_top5_err": 0.0, "val_samples": 16, "lr": 0.01, "images_per_s": 9.5 + epoch,
+                        "data_wait": 0.2, "epoch_s": 3.0})
+    records.append({"kind": "final", "epoch": 2, "step": 12, "ten_crop_loss": 1.1,
+                    "ten_crop_top1_err": 0.4375,
+                    "ten_crop_top5_err": 0.0, "ten_crop_samples": 16})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_report_writes_png_and_summary(tmp_path: Path) -> None:
+    run = tmp_path / "demo"
+    fake_run(run, epochs=3, init="kaiming", batch_size=8, ten_crop=False, note="CPU smoke run")
+    result = CliRunner().invoke(report_main, [str(run)])
+    assert result.exit_code == 0, result.output
+    png = (run / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    md = (run / "summary.md").read_text()
+    assert "| final (epoch 3) | 55.00% | 0.00% |" in md
+    assert "| best | 50.00% (epoch 2)" in md
+    assert "| 10-crop, final (§6) | 43.75% | 0.00% |" in md
+    assert "10 images/s" in md  # median of 9.5, 10.5, 11.5 -> 10.5 rounds to 10
+    assert "`--init kaiming` (default `--init paper`): paper init needs many epochs" in md
+    assert "`--batch-size 8` (default `--batch-size 128`)" in md and "`--epochs 3`" in md
+    assert "`--no-ten-crop` (default `--ten-crop`)" in md
+    assert "Note: CPU smoke run" in md
+
+
+def test_report_of_paper_defaults_lists_no_differences(tmp_path: Path) -> None:
+    run = tmp_path / "paper"
+    fake_run(run)
+    assert CliRunner().invoke(report_main, [str(run)]).exit_code == 0
+    assert "- none" in (run / "summary.md").read_text()
+
+
+def test_report_on_a_folder_that_is_not_a_run_fails_cleanly(tmp_path: Path) -> None:
+    result = CliRunner().invoke(report_main, [str(tmp_path)])
+    assert result.exit_code != 0
+    assert "no params.json (not an alexnet-train run folder)" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,89 @@
+"""Not tests: stand-ins for the DALI loaders, for tests of the training loop's own logic.
+
+They follow the contract of pipeline.loader.Loader that trainer/train.py relies on: `epoch(e)`
+yields epoch e's batches, `len()` is the batches per epoch, `state()` returns a string that a loader
+built with `checkpoint=` continues from, and rank r of n gets the r-th slice of the global batch, so one
+process with the global batch sees exactly what n processes see together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import paper
+
+SIZE = paper.CROP_SIZE
+
+
+def _batch(seed: int, epoch: int, index: int, global_batch: int, classes: int) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + index)
+    labels = torch.randint(0, classes, (global_batch,), generator=g)
+    # Class-dependent mean so the loss can fall; noise so it is not trivial.
+    images = torch.randn(global_batch, 3, SIZE, SIZE, generator=g) + labels.view(-1, 1, 1, 1).float() * 0.5
+    return images, labels
+
+
+class FakeTrainLoader:
+    def __init__(self, samples: int, batch_size: int, classes: int, seed: int = 0, shard_id: int = 0,
+                 num_shards: int = 1, checkpoint: str | None = None) -> None:
+        self.samples, self.batch_size, self.classes, self.seed = samples, batch_size, classes, seed
+        self.shard_id, self.num_shards = shard_id, num_shards
+        state = json.loads(checkpoint) if checkpoint else {"epoch": 0, "batch": 0}
+        self._epoch, self._batch = state["epoch"], state["batch"]
+
+    def __len__(self) -> int:
+        return self.samples // (self.batch_size * self.num_shards)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        if epoch != self._epoch:
+            self._epoch, self._batch = epoch, 0
+        while self._batch < len(self):
+            images, labels = _batch(self.seed, self._epoch, self._batch, self.batch_size * self.num_shards,
+                                    self.classes)
+            self._batch += 1  # before yielding: a checkpoint taken now resumes after this batch
+            part = slice(self.shard_id * self.batch_size, (self.shard_id + 1) * self.batch_size)
+            yield images[part], labels[part]
+        self._epoch, self._batch = self._epoch + 1, 0
+
+    def state(self) -> str:
+        return json.dumps({"epoch": self._epoch, "batch": self._batch})
+
+
+def fake_val(samples: int, batch_size: int, classes: int, shard_id: int = 0, num_shards: int = 1,
+             ten_crop: bool = False) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Sample i goes to rank i % num_shards; the last batch is padded and masked."""
+    images, labels = _batch(12345, 0, 0, samples, classes)
+    mine = list(range(shard_id, samples, num_shards))
+    per_rank = -(-samples // num_shards)
+    padded = mine + [mine[-1]] * (per_rank - len(mine))  # every rank runs the same number of batches
+    for start in range(0, len(padded), batch_size):
+        idx = padded[start:start + batch_size]
+        valid = torch.tensor([start + j < len(mine) for j in range(len(idx))])
+        x = images[idx]
+        if ten_crop:
+            x = torch.stack([x.flip(-1) if c % 2 else x for c in range(paper.TEN_CROP)], 1)
+        yield x, labels[idx], valid
+
+
+def install(monkeypatch: Any, train_samples: int) -> None:
+    """Make trainer.train.load_data build the fakes (classes and val size from the manifest)."""
+    from trainer import train
+
+    def load_data(cfg: Any, world: Any, devices: Any, loader_state: str | None = None) -> Any:
+        manifest = train.check_shards(cfg.shards)
+        classes, val_samples = len(manifest["classes"]), manifest["splits"]["val"]["samples"]
+        per_rank = cfg.batch_size // world.size
+        loader = FakeTrainLoader(train_samples, per_rank, classes, cfg.seed, world.rank, world.size,
+                                 loader_state)
+
+        def val(ten_crop: bool) -> Any:
+            return fake_val(val_samples, per_rank, classes, world.rank, world.size, ten_crop)
+
+        return loader, val
+
+    monkeypatch.setattr(train, "load_data", load_data)

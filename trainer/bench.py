@@ -1,0 +1,127 @@
+"""`alexnet-bench train`: training images/s with synthetic on-device input and with the real pipeline.
+
+    alexnet-bench train --shards shards/                          # GPU: batch 128, 50 steps each
+    alexnet-bench train --shards shards/ --precision bf16 --devices cuda:0
+    alexnet-bench train --shards shards/ --devices cpu            # CPU: batch 16, 5 steps, ~1-2 minutes
+
+Both measurements run the same train step (forward, loss, backward, SGD) in one process, so their
+ratio is the cost of the input: synthetic input is the ceiling, and the data-wait share says how
+much of the pipeline run went to waiting for the next batch. Not a test: numbers vary run to run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import click
+
+import paper
+from trainer.config import PRECISIONS
+
+WARMUP = 3  # steps before timing: cuDNN autotuning, allocator growth, DALI prefetch fill
+CPU_BATCH, CPU_STEPS = 16, 5  # ~2 s per step of 16 on 2 cores; keeps the CPU run to a minute or two
+GPU_STEPS = 50
+
+
+def _sync(devices: tuple[str, ...]) -> None:
+    """Wait for every GPU of the replica (a two-column model runs on two)."""
+    import torch
+
+    for d in devices:
+        if torch.device(d).type == "cuda":
+            torch.cuda.synchronize(d)
+
+
+def measure(model: Any, optimizer: Any, batches: Any, steps: int, devices: tuple[str, ...], autocast: Any,
+            channels_last: bool) -> dict[str, float]:
+    """images/s and data-wait share over `steps` timed steps after WARMUP untimed ones."""
+    import torch
+
+    from trainer.metrics import DataWait
+    from trainer.train import to_device, train_step
+
+    model.train()
+    device = torch.device(devices[0])
+    it = iter(batches)
+
+    def step(images: Any, labels: Any) -> int:
+        images, labels = to_device(images, labels, device, channels_last)
+        train_step(model, optimizer, images, labels, autocast)
+        return labels.shape[0]
+
+    for images, labels in itertools.islice(it, WARMUP):
+        step(images, labels)
+    _sync(devices)
+    wait = DataWait()
+    n = 0
+    for images, labels in itertools.islice(wait.wrap(it), steps):
+        n += step(images, labels)
+    _sync(devices)
+    elapsed = time.perf_counter() - wait.start
+    return {"images_per_s": n / elapsed, "data_wait": wait.waited / elapsed, "images": n}
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--shards", default=None, help="Shard folder for the pipeline run (omit: synthetic only).")
+@click.option("--devices", default=None,
+              help="One replica's devices, e.g. cuda:0,cuda:1 or cpu [default: as present].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="tf32")
+@click.option("--channels-last/--no-channels-last", default=True)
+@click.option("--batch-size", type=int, default=None,
+              help=f"[default: {paper.BATCH_SIZE} on a GPU, {CPU_BATCH} on the CPU]")
+@click.option("--steps", type=int, default=None,
+              help=f"Timed steps [default: {GPU_STEPS} on a GPU, {CPU_STEPS} on the CPU]")
+@click.option("--init", default="kaiming", help="Weight init (does not change speed).")
+def command(shards: str | None, devices: str | None, precision: str, channels_last: bool,
+            batch_size: int | None, steps: int | None, init: str) -> None:
+    """Training throughput: synthetic on-device input vs the real pipeline, and the data-wait share."""
+    import torch
+
+    from trainer import distributed, train
+    from trainer.config import ConfigError, TrainConfig
+    from trainer.metrics import machine
+
+    world = distributed.World()
+    devs = tuple(d for d in (devices or "").split(",") if d) or train.default_devices(world)
+    try:
+        train.check_devices(devs)
+        manifest = train.check_shards(shards) if shards else None
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    device = torch.device(devs[0])
+    on_gpu = device.type == "cuda"
+    batch_size = batch_size or (paper.BATCH_SIZE if on_gpu else CPU_BATCH)
+    steps = steps or (GPU_STEPS if on_gpu else CPU_STEPS)
+    if batch_size < 1 or steps < 1:
+        raise click.UsageError("--batch-size and --steps must be positive")
+    num_classes = len(manifest["classes"]) if manifest else paper.NUM_CLASSES
+    cfg = TrainConfig(shards=shards or "", out="", batch_size=batch_size, init=init, devices=devs,
+                      precision=precision, channels_last=channels_last)
+    autocast = train.set_precision(precision)
+
+    rows = []
+    model = train.build_model(cfg, num_classes, devs)
+    optimizer = train.make_optimizer(cfg, model)
+    # One fixed batch already on the device: the ceiling with free input.
+    images = torch.randn(batch_size, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
+    synthetic = itertools.repeat((images, labels))
+    rows.append(("synthetic", measure(model, optimizer, synthetic, steps, devs, autocast, channels_last)))
+    if shards:
+        loader, _ = train.load_data(cfg, world, devs)
+        # Epochs back to back, as in training.
+        batches = itertools.chain.from_iterable(loader.epoch(e) for e in itertools.count())
+        rows.append(("pipeline", measure(model, optimizer, batches, steps, devs, autocast, channels_last)))
+
+    m = machine()
+    hw = ", ".join(m["gpus"]) if on_gpu else f"{m['cpu']} ({m['cpus']} cores)"
+    click.echo(f"machine: {m['host']}: {hw}; torch {m['torch']}")
+    click.echo(f"device: {','.join(devs)}; precision {precision}; channels-last {channels_last}; "
+               f"batch {batch_size}; {steps} timed steps after {WARMUP} warm-up")
+    click.echo(f"{'input':<10} {'images/s':>10} {'data wait':>10}")
+    for name, r in rows:
+        click.echo(f"{name:<10} {r['images_per_s']:>10.1f} {100 * r['data_wait']:>9.1f}%")
+    if len(rows) == 2:
+        click.echo(f"pipeline / synthetic: {rows[1][1]['images_per_s'] / rows[0][1]['images_per_s']:.2f}")

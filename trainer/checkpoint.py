@@ -1,0 +1,171 @@
+"""Atomic, self-checking checkpoints holding everything a run needs to continue exactly.
+
+Layout of <run>/checkpoints/:
+
+    step-00001234.pt    torch.save of the state: model, optimizer, scheduler, counters, RNG and
+                        loader states (see trainer.train.make_state)
+    step-00001234.json  {"step", "epoch", "batch", "sha256", "bytes", "time"}: written after the .pt
+                        (completion marker), so a .pt without it is an unfinished write
+
+Both files go through tools.atomic (temp name in the same folder, fsync, os.replace). The last
+KEEP complete checkpoints are kept. `load_latest` verifies the sha256 and falls back to the
+previous checkpoint with a warning when the newest is damaged; it never returns "nothing" when
+checkpoints exist but none is usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from tools import atomic
+
+KEEP = 2  # the newest and one fallback
+DIRNAME = "checkpoints"
+NAME = re.compile(r"^step-(\d{8,})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or a file that is not a valid checkpoint."""
+
+
+class _HashingWriter:
+    """Passes torch.save's writes through while hashing them, so the file is read only once."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, b: bytes) -> int:
+        self.sha.update(b)
+        self.bytes += len(b)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def folder(run_dir: str | Path) -> Path:
+    return Path(run_dir) / DIRNAME
+
+
+def save(run_dir: str | Path, state: dict[str, Any], step: int, epoch: int, batch: int,
+         keep: int = KEEP) -> Path:
+    """Write `state` as the checkpoint of `step`, then drop all but the newest `keep`."""
+    d = folder(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"step-{step:08d}.pt"
+    with atomic.atomic_write(str(path)) as f:
+        w = _HashingWriter(f)
+        torch.save(state, w)
+    meta = {"step": step, "epoch": epoch, "batch": batch, "sha256": w.sha.hexdigest(), "bytes": w.bytes,
+            "time": time.time()}
+    atomic.write_json(str(path.with_suffix(".json")), meta)
+    for old in complete(run_dir)[keep:]:
+        # Marker first: if we die in between, the left-over .pt reads as unfinished, not corrupt.
+        old.with_suffix(".json").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+    return path
+
+
+def candidates(run_dir: str | Path) -> list[Path]:
+    """Every step-*.pt in the run, newest first (by step number)."""
+    d = folder(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), d / n) for n in os.listdir(d) if (m := NAME.match(n))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def complete(run_dir: str | Path) -> list[Path]:
+    return [p for p in candidates(run_dir) if p.with_suffix(".json").exists()]
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load one checkpoint file, checking it against its .json marker when there is one."""
+    try:
+        return _read(Path(path), map_location)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError("no such checkpoint file")
+    marker = path.with_suffix(".json")
+    if marker.exists():
+        try:
+            expected = json.loads(marker.read_text())["sha256"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"unreadable marker {marker.name} ({e})") from e
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                sha.update(block)
+        if sha.hexdigest() != expected:
+            raise CheckpointError(f"sha256 does not match {marker.name} (damaged file)")
+    try:
+        # weights_only: a checkpoint is data; RNG states are stored as tensors/ints for this reason.
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, pickle/zip errors, EOFError... for bad files
+        raise CheckpointError(f"not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError("not an alexnet-train checkpoint (no model state)")
+    return state
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu",
+                ) -> tuple[dict[str, Any], Path] | None:
+    """The newest usable checkpoint of a run; None only if the run has no checkpoint files at all."""
+    found = candidates(run_dir)
+    if not found:
+        return None
+    problems = []
+    for path in found:
+        if not path.with_suffix(".json").exists():
+            problems.append(f"{path.name}: unfinished write (no {path.with_suffix('.json').name})")
+            continue
+        try:
+            state = _read(path, map_location)
+        except CheckpointError as e:
+            problems.append(f"{path.name}: {e}")
+            continue
+        if problems:
+            warnings.warn(f"skipped damaged checkpoint(s) [{'; '.join(problems)}]; "
+                          f"resuming from {path.name}", stacklevel=2)
+        return state, path
+    raise CheckpointError(f"{folder(run_dir)}: no usable checkpoint ({'; '.join(problems)})")
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states, as tensors and ints so weights_only loading accepts them."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    version, internal, gauss = s["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(s["torch"])
+    if s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])

@@ -1,0 +1,191 @@
+"""Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report` and `alexnet-bench`.
+
+    alexnet-train --shards shards/ --out runs/paper
+    alexnet-eval --checkpoint runs/paper --shards shards/ --ten-crop
+    alexnet-report runs/paper
+    alexnet-bench train --shards shards/ --precision bf16
+
+Each command maps its flags onto one settings object and checks it before any work; a bad value
+ends with a one-line message and a non-zero exit, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import click
+
+import paper
+from trainer.config import INITS, LR_POLICIES, LRN_VARIANTS, MEAN_MODES, PRECISIONS, ConfigError, TrainConfig
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
+
+
+def _devices(value: str | None) -> tuple[str, ...]:
+    return tuple(d.strip() for d in value.split(",") if d.strip()) if value else ()
+
+
+def _milestones(value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated epochs, got {value!r}") from None
+
+
+def _warnings_to_stderr() -> None:
+    """One line per warning (a damaged checkpoint that was skipped, an inexact evaluation)."""
+    warnings.showwarning = lambda message, category, *_a, **_k: click.echo(
+        f"warning: {message}", err=True)
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
+@click.option("--out", default="runs/alexnet", help="Run folder: params, metrics, TensorBoard, checkpoints.")
+@click.option("--epochs", type=int, default=paper.EPOCHS, help="Passes over the training set (§5: ~90).")
+@click.option("--batch-size", type=int, default=paper.BATCH_SIZE,
+              help="GLOBAL batch (§5: 128), split evenly over the torchrun processes.")
+@click.option("--lr", type=float, default=paper.LEARNING_RATE, help="Initial learning rate (§5).")
+@click.option("--momentum", type=float, default=paper.MOMENTUM, help="SGD momentum (§5).")
+@click.option("--weight-decay", type=float, default=paper.WEIGHT_DECAY, help="L2 weight decay (§5).")
+@click.option("--lr-policy", type=click.Choice(LR_POLICIES), default="plateau",
+              help="plateau: divide by 10 when val top-1 error stops improving (§5); "
+                   "step: at --lr-milestones.")
+@click.option("--lr-patience", type=int, default=3,
+              help="plateau: epochs without improvement before a drop (the paper gives none).")
+@click.option("--lr-threshold", type=float, default=1e-3,
+              help="plateau: absolute fall of val top-1 error that counts as improving.")
+@click.option("--lr-drops", type=int, default=paper.LR_DROPS, help="At most this many drops (§5: three).")
+@click.option("--lr-milestones", default=None,
+              help="step: comma-separated epochs to divide the lr by 10 at "
+                   "[default: --lr-drops evenly spaced].")
+@click.option("--init", type=click.Choice(INITS), default="paper",
+              help="paper: §5 N(0, 0.01) weights, biases 0/1. Paper init needs many epochs before the loss "
+                   "moves (measured on a 6-class 240-image sample on CPU: 8 epochs at lr 0.01 stay at "
+                   "chance); use kaiming for short CPU demos.")
+@click.option("--lrn", type=click.Choice(LRN_VARIANTS), default="paper",
+              help="LRN as printed in §3.3, or cuda-convnet's alpha / n.")
+@click.option("--mean", type=click.Choice(MEAN_MODES), default=None,
+              help="Input normalisation: image = §2's raw RGB minus the mean image (what paper init is sized "
+                   "for); channel = (x - mean) / std per channel (what kaiming init assumes) "
+                   "[default: image with --init paper, channel with --init kaiming].")
+@click.option("--devices", default=None,
+              help="One replica's devices, comma-separated: cuda:0,cuda:1 (the paper's two columns), cuda:0 "
+                   "or cpu [default: 2 GPUs, 1 GPU or the CPU, as present]. Under torchrun, local rank r "
+                   "shifts GPU indices by r * the number of devices.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="tf32",
+              help="fp32: strict; tf32: TF32 tensor cores for convs/matmuls; bf16: autocast. "
+                   "Storage is fp32.")
+@click.option("--channels-last/--no-channels-last", default=True, help="NHWC memory layout.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--seed", type=int, default=0, help="All randomness flows from (seed, epoch, rank).")
+@click.option("--log-every", type=int, default=50, help="Steps between loss syncs and log lines.")
+@click.option("--checkpoint-every", type=int, default=0,
+              help="Steps between mid-epoch checkpoints (0: only at the end of each epoch).")
+@click.option("--max-steps", type=int, default=0,
+              help="Stop with a checkpoint after this many steps in all (0: no limit); "
+                   "continue with --resume.")
+@click.option("--ten-crop/--no-ten-crop", default=True, help="Final 10-patch evaluation (§6).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest good checkpoint.")
+@click.option("--note", default="",
+              help="Why this run differs from the paper; kept in params.json and the report.")
+@click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
+def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
+         lr_policy: str, lr_patience: int, lr_threshold: float, lr_drops: int, lr_milestones: str | None,
+         init: str, lrn: str, mean: str | None, devices: str | None, precision: str, channels_last: bool,
+         compile_: bool, seed: int, log_every: int, checkpoint_every: int, max_steps: int, ten_crop: bool,
+         resume: bool, note: str, progress: bool) -> None:
+    """Train AlexNet as in Krizhevsky et al. (2012), §5: SGD, batch 128, momentum 0.9, weight decay
+    5e-4, lr 0.01 divided by 10 when the validation error stops improving, 90 epochs.
+
+    Run under torchrun for data parallelism over replicas (one or two GPUs each).
+    """
+    from trainer import train
+
+    _warnings_to_stderr()
+    cfg = TrainConfig(shards=shards, out=out, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                      weight_decay=weight_decay, lr_policy=lr_policy, lr_patience=lr_patience,
+                      lr_threshold=lr_threshold, lr_drops=lr_drops, lr_milestones=_milestones(lr_milestones),
+                      init=init, lrn=lrn, mean=mean or "", devices=_devices(devices), precision=precision,
+                      channels_last=channels_last, compile=compile_, seed=seed, log_every=log_every,
+                      checkpoint_every=checkpoint_every, max_steps=max_steps, ten_crop=ten_crop,
+                      resume=resume, note=note, progress=progress)
+    from pipeline import PipelineError
+
+    try:
+        train.main(cfg)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    except (PipelineError, FloatingPointError) as e:  # a bad sample mid-run, a diverged loss
+        raise click.ClickException(str(e)) from None
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--checkpoint", "checkpoint_path", required=True,
+              help="A checkpoint file (step-*.pt) or a run folder (its latest good checkpoint).")
+@click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
+@click.option("--ten-crop", is_flag=True, help="Average the softmax over the 10 patches of §6.")
+@click.option("--batch-size", type=int, default=paper.BATCH_SIZE, help="Evaluation batch (global).")
+@click.option("--devices", default=None, help="As for alexnet-train [default: as present].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="tf32", help="As for alexnet-train.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int, devices: str | None,
+              precision: str, as_json: bool) -> None:
+    """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once."""
+    from trainer import evaluate
+
+    _warnings_to_stderr()
+    from pipeline import PipelineError
+
+    try:
+        result = evaluate.main(checkpoint_path, shards, ten_crop=ten_crop, batch_size=batch_size,
+                               devices=_devices(devices), precision=precision)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    except PipelineError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
+    else:
+        mode = "10-crop" if ten_crop else "centre crop"
+        click.echo(f"{result['val_samples']} images ({mode}): "
+                   f"top-1 error {100 * result['val_top1_err']:.2f}%, "
+                   f"top-5 error {100 * result['val_top5_err']:.2f}%, loss {result['val_loss']:.4f}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report_main(run_dir: str) -> None:
+    """Draw RUN_DIR's loss, error and lr curves (curves.png) and write summary.md."""
+    from trainer.report import ReportError, report
+
+    try:
+        png, md = report(run_dir)
+    except ReportError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {png} and {md}")
+
+
+@click.group(context_settings=CONTEXT)
+def bench_main() -> None:
+    """Throughput benchmarks: the input pipeline alone (pipeline) and training (train)."""
+
+
+def _add_bench_commands() -> None:
+    from trainer.bench import command as train_command
+
+    bench_main.add_command(train_command, "train")
+    try:
+        from pipeline.bench import command as pipeline_command
+    except ImportError:  # the pipeline benchmark ships with pipeline/; the train one does not need it
+        return
+    bench_main.add_command(pipeline_command, "pipeline")
+
+
+_add_bench_commands()
+
+if __name__ == "__main__":  # torchrun -m trainer.cli ...
+    sys.exit(main())

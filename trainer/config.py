@@ -1,0 +1,147 @@
+"""The settings of one training run: a typed object built from the command line, checked at start-up.
+
+Defaults are the paper's (§5, imported from paper.py); anything not in the paper says so. The run
+folder keeps these settings in params.json, and `alexnet-report` lists every one that differs
+from the default here, with the reason from REASONS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import paper
+from trainer.model import INITS, LRN_VARIANTS
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+MEAN_MODES = ("image", "channel")  # pipeline.stats.MEAN_MODES (not imported: keeps DALI out of the CLI)
+LR_POLICIES = ("plateau", "step")
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the flag."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    shards: str  # folder written by `alexnet-prep shard` + `pca-stats`
+    out: str  # run folder: params.json, metrics.jsonl, TensorBoard events, checkpoints/
+    epochs: int = paper.EPOCHS  # §5: "roughly 90 cycles through the training set"
+    batch_size: int = paper.BATCH_SIZE  # global: split evenly over the torchrun processes
+    lr: float = paper.LEARNING_RATE
+    momentum: float = paper.MOMENTUM
+    weight_decay: float = paper.WEIGHT_DECAY
+    # §5 divides the lr by 10 "when the validation error rate stopped improving", three times.
+    # "plateau" is that rule; the paper gives no patience, so patience/threshold are ours.
+    lr_policy: str = "plateau"
+    lr_patience: int = 3  # epochs without improvement of val top-1 error before a drop (not in the paper)
+    lr_threshold: float = 1e-3  # absolute fall in val top-1 error that counts as improving (not in the paper)
+    lr_drops: int = paper.LR_DROPS  # at most this many drops
+    lr_milestones: tuple[int, ...] = ()  # "step" policy: epochs to drop at; () = LR_DROPS evenly spaced
+    init: str = "paper"  # §5 weights N(0, 0.01), biases 0/1; "kaiming" for short CPU demos
+    lrn: str = "paper"  # §3.3 formula as printed, or "cuda-convnet" (alpha / n)
+    # Input normalisation. "image": §2's raw RGB minus the mean image (0-255 scale), which §5's
+    # N(0, 0.01) init is sized for; "channel": (x - mean_c) / std_c, the unit-variance input He init
+    # assumes (with "image" kaiming diverged within 6 steps at lr 0.01 on the test sample).
+    # "" picks by init.
+    mean: str = ""
+    devices: tuple[str, ...] = ()  # one model replica's devices; () = 2 GPUs, 1 GPU or the CPU, as present
+    precision: str = "tf32"  # fp32 storage everywhere; tf32/bf16 only change the matmul/conv arithmetic
+    channels_last: bool = True  # NHWC activations: the tensor-core convolution layout
+    compile: bool = False  # torch.compile the model (minutes of compile time; GPU runs only pay off)
+    seed: int = 0  # all randomness flows from (seed, epoch, rank)
+    log_every: int = 50  # steps between loss syncs / log lines; the only host syncs in the loop
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at the end of each epoch only
+    max_steps: int = 0  # stop (with a checkpoint) after this many steps in all; 0: no limit
+    ten_crop: bool = True  # §6: the final 10-patch evaluation
+    resume: bool = False
+    note: str = ""  # free text kept in params.json: why this run differs from the paper
+    progress: bool = True  # tqdm bars (rank 0)
+
+    def __post_init__(self) -> None:
+        if not self.mean:
+            object.__setattr__(self, "mean", "image" if self.init == "paper" else "channel")
+
+    def check(self, world_size: int = 1) -> None:
+        """Everything that can be checked without touching files or devices; raises ConfigError."""
+        for name in ("epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{flag(name)} must be positive, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "max_steps", "lr_patience", "lr_drops"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        for name, allowed in (("precision", PRECISIONS), ("lr_policy", LR_POLICIES),
+                              ("init", INITS), ("lrn", LRN_VARIANTS), ("mean", MEAN_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{flag(name)} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        ms = list(self.lr_milestones)
+        if ms != sorted(set(ms)) or any(m < 1 for m in ms):
+            raise ConfigError(f"--lr-milestones must be increasing positive epochs, "
+                              f"got {','.join(map(str, ms))}")
+        if len(self.devices) > paper.COLUMNS:
+            raise ConfigError(f"--devices takes at most {paper.COLUMNS} devices (one per column), "
+                              f"got {','.join(self.devices)}")
+        if self.batch_size % world_size:
+            raise ConfigError(f"--batch-size {self.batch_size} does not divide across {world_size} processes "
+                              "(it is the global batch; each process takes batch-size / world-size)")
+
+    def milestones(self) -> tuple[int, ...]:
+        """The "step" policy's drop epochs: given, or LR_DROPS drops evenly spaced over the run."""
+        if self.lr_milestones:
+            return self.lr_milestones
+        return tuple(self.epochs * (i + 1) // (self.lr_drops + 1) for i in range(self.lr_drops))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["devices"], d["lr_milestones"] = list(self.devices), list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["devices"], d["lr_milestones"] = tuple(d.get("devices", ())), tuple(d.get("lr_milestones", ()))
+        return cls(**d)
+
+
+# A resumed run must agree with the interrupted one on these, or it would not be the same run.
+# epochs, max_steps, log/checkpoint intervals, devices, precision and compile may change.
+RESUME_MUST_MATCH = ("batch_size", "lr", "momentum", "weight_decay", "lr_policy", "lr_patience",
+                     "lr_threshold", "lr_drops", "lr_milestones", "init", "lrn", "mean", "seed")
+
+# Why an option can differ from the paper's default; alexnet-report prints these next to the value.
+REASONS = {
+    "epochs": "shorter run than the paper's ~90 epochs",
+    "batch_size": "global batch differs from §5's 128 (lr was not rescaled unless --lr says so)",
+    "lr": "initial learning rate differs from §5's 0.01",
+    "momentum": "momentum differs from §5's 0.9",
+    "weight_decay": "weight decay differs from §5's 0.0005",
+    "lr_policy": "fixed epochs instead of §5's drop-on-plateau",
+    "lr_drops": "number of lr drops differs from §5's three",
+    "init": "paper init needs many epochs before the loss moves; kaiming for short demos",
+    "lrn": "LRN alpha divided by n, as in the released cuda-convnet",
+    "mean": "per-channel standardised input, the unit variance He (kaiming) init assumes",
+    "precision": "bf16 autocast or strict fp32 instead of the default TF32 arithmetic (storage is fp32)",
+    "ten_crop": "final 10-crop evaluation (§6) skipped",
+}
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def paper_differences(params: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(option, value, default) for every option in `params` whose value is not the default."""
+    defaults = TrainConfig(shards="", out="").to_dict()
+    skip = {"shards", "out", "resume", "note", "progress", "devices", "log_every",
+            "checkpoint_every", "max_steps", "seed", "compile", "channels_last"}
+    return [(k, params[k], defaults[k]) for k in defaults
+            if k not in skip and k in params and params[k] != defaults[k]]

@@ -1,0 +1,142 @@
+"""Validation: loss, top-1 and top-5 error, from the centre crop or the paper's ten patches (§6).
+
+Errors are exact over all processes: every rank sums its loss, hit counts and sample counts on the
+device, one all_reduce adds them up, and the error is computed once from the totals. Padding the
+loader adds to fill the last batch is masked out, and `evaluate` warns when the number of samples
+seen is not the split's size (torchvision's references do the same).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.loader import PAD_LABEL
+from trainer import distributed
+from trainer.metrics import correct_topk
+
+TOPK = (1, 5)  # §6 reports top-1 and top-5 error rates
+
+
+def unpack(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """(images, labels, valid) from an eval batch: a (images, labels[, valid]) tuple or a dict.
+
+    `valid` is a bool mask of real (not padding) samples: given, or the labels that are not
+    PAD_LABEL (the pipeline's marker of padding).
+    """
+    if isinstance(batch, dict):
+        images, labels = batch["images"], batch["labels"]
+        valid = batch.get("valid", batch.get("mask"))
+    else:
+        images, labels, *rest = batch
+        valid = rest[0] if rest else None
+    if isinstance(valid, int):  # a count of leading real samples
+        valid = torch.arange(labels.shape[0], device=labels.device) < valid
+    if valid is None:
+        valid = labels != PAD_LABEL
+    return images, labels, valid
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str,
+             autocast: AbstractContextManager | None = None, expected: int | None = None,
+             channels_last: bool = False) -> dict[str, float]:
+    """Evaluate `model` once over `loader`; ten-crop batches ([B, 10, 3, H, W]) average the softmax
+    over the patches, as §6 does. Returns val_loss, val_top1_err, val_top5_err, val_samples."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    # [loss sum, top-1 hits, top-5 hits, samples] stay on the device: no sync until the end.
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    for batch in loader:
+        images, labels, valid = unpack(batch)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True).long()
+        crops = images.shape[1] if images.dim() == 5 else 0
+        if crops:
+            images = images.flatten(0, 1)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
+            logits = model(images)
+        logits = logits.float().to(device)
+        if crops:
+            # §6: "averaging the predictions made by the softmax layer on the ten patches".
+            log_probs = F.softmax(logits, 1).view(-1, crops, logits.shape[1]).mean(1).log()
+        else:
+            log_probs = F.log_softmax(logits, 1)
+        w = valid.to(device).to(torch.float32)
+        labels = labels.masked_fill(w == 0, 0)  # padding: any class, weighted 0
+        loss = F.nll_loss(log_probs, labels, reduction="none")
+        hits = correct_topk(log_probs, labels, TOPK)
+        totals += torch.stack([(loss * w).sum(), (hits[0] * w).sum(), (hits[1] * w).sum(), w.sum()]).double()
+    distributed.all_reduce_sum(totals)
+    loss_sum, top1, top5, n = totals.tolist()
+    model.train(was_training)
+    if expected is not None and int(n) != expected:
+        warnings.warn(f"evaluated {int(n)} samples, but the split has {expected}: "
+                      "some were skipped or seen twice", stacklevel=2)
+    n = max(n, 1.0)
+    return {"val_loss": loss_sum / n, "val_top1_err": 1 - top1 / n, "val_top5_err": 1 - top5 / n,
+            "val_samples": int(totals[3].item())}
+
+
+def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: int = 128,
+         devices: tuple[str, ...] = (), precision: str = "tf32") -> dict[str, float]:
+    """`alexnet-eval`: load a checkpoint (file, or a run folder's latest good one) onto `devices`,
+    whatever placement it was trained on, and evaluate it on the val shards. Raises ConfigError."""
+    from pathlib import Path
+
+    import pipeline
+    from trainer import checkpoint, train
+    from trainer.config import ConfigError, TrainConfig
+    from trainer.model import AlexNet
+
+    world = distributed.from_env()
+    if batch_size < 1 or batch_size % world.size:
+        raise ConfigError(f"--batch-size {batch_size} does not divide across {world.size} processes")
+    devices = train.replica(devices, world)
+    manifest = train.check_shards(shards)
+    path = Path(checkpoint_path)
+    try:
+        if path.is_dir():
+            found = checkpoint.load_latest(path)
+            if found is None:
+                raise ConfigError(f"--checkpoint: {path} holds no checkpoint")
+            state = found[0]
+        else:
+            state = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"--checkpoint: {e}") from e
+    saved = TrainConfig.from_dict(state["config"])
+    if state["num_classes"] != len(manifest["classes"]):
+        raise ConfigError(f"--shards: the checkpoint has {state['num_classes']} classes, "
+                          f"{shards} has {len(manifest['classes'])}")
+
+    # The input normalisation the model was trained with.
+    cfg = TrainConfig(shards=shards, out="", batch_size=batch_size, devices=devices, mean=saved.mean,
+                      precision=precision, channels_last=False)
+    try:
+        loader = pipeline.eval_loader(shards, crop="ten" if ten_crop else "center",
+                                      **train.loader_args(cfg, world, devices))
+    except pipeline.PipelineError as e:
+        raise ConfigError(f"--shards: {e}") from e
+
+    device = torch.device(devices[0])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    distributed.init(world, "nccl" if device.type == "cuda" else "gloo")
+    try:
+        autocast = train.set_precision(precision)
+        model = AlexNet(num_classes=state["num_classes"], devices=devices, lrn_variant=saved.lrn)
+        model.load_state_dict(state["model"])
+        return evaluate(model, loader, device, autocast(device),
+                        expected=manifest["splits"]["val"]["samples"])
+    finally:
+        distributed.shutdown()

@@ -1,0 +1,124 @@
+"""What a run measures and where it goes: JSON-lines + TensorBoard logs, the data-wait meter, top-k counts.
+
+metrics.jsonl holds one record per line, each with a "kind":
+
+    {"kind": "train", "epoch", "step", "loss", "lr", "images_per_s", "data_wait"}     every --log-every steps
+    {"kind": "epoch", "epoch", "step", "train_loss", "val_loss", "val_top1_err", "val_top5_err",
+     "val_samples", "lr", "images_per_s", "data_wait", "epoch_s"}                    after each epoch
+    {"kind": "final", "epoch", "step", "ten_crop_loss", "ten_crop_top1_err", ...}    after the last epoch
+    {"kind": "resume", "step", "epoch", "batch", "checkpoint"}                        when a run continues
+
+"step" counts optimizer steps since the start of the run; "epoch" starts at 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from tools import atomic
+
+METRICS = "metrics.jsonl"
+T = TypeVar("T")
+
+
+class RunLog:
+    """Appends records to <run>/metrics.jsonl and mirrors the numbers to TensorBoard (rank 0 only)."""
+
+    def __init__(self, run_dir: str | Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard; only rank 0 pays
+
+        self.path = Path(run_dir) / METRICS
+        self.file = open(self.path, "a")  # noqa: SIM115 - open for the life of the run
+        # purge_step drops events a killed run wrote after its last checkpoint, so resumed curves
+        # do not double back on themselves.
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record, sort_keys=True) + "\n")
+        # One line per log interval: flushing keeps the log complete up to a kill.
+        self.file.flush()
+        step = record.get("step", 0)
+        for key, value in record.items():
+            if key not in ("kind", "step", "epoch") and isinstance(value, int | float):
+                self.tb.add_scalar(f"{record['kind']}/{key}", value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def read(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate(run_dir: str | Path, step: int, epochs_done: int) -> None:
+    """Forget what a killed run logged after its checkpoint: train records past `step`, epoch
+    records of epochs not completed, and the final 10-crop record (redone when the run ends). The
+    resumed run writes them again, identically."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    keep = [r for r in read(run_dir)
+            if (r["kind"] in ("train", "resume") and r["step"] <= step)
+            or (r["kind"] == "epoch" and r["epoch"] < epochs_done)]
+    atomic.write_bytes(str(path), "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep).encode())
+
+
+class DataWait:
+    """Share of wall time spent blocked in the loader's `next()`.
+
+    Measured on the host: on a GPU the loop runs ahead of the device, so time waiting here is time
+    the queue of GPU work may drain; a share near 0 means input keeps up.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.waited = 0.0
+
+    def wrap(self, loader: Iterable[T]) -> Iterator[T]:
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            finally:
+                self.waited += time.perf_counter() - t
+            yield item
+
+    def share(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.waited / elapsed if elapsed > 0 else 0.0
+
+
+def correct_topk(logits_or_probs: Tensor, labels: Tensor, ks: tuple[int, ...]) -> list[Tensor]:
+    """Per-sample 0/1 tensors: is the label among the k highest scores (k clipped to the classes)."""
+    top = logits_or_probs.topk(min(max(ks), logits_or_probs.shape[1]), dim=1).indices
+    hit = top == labels[:, None]
+    return [hit[:, :k].any(dim=1) for k in ks]
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: host, CPU count, GPU names."""
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"host": os.uname().nodename, "cpu": cpu, "cpus": os.cpu_count(), "gpus": gpus,
+            "torch": torch.__version__}

@@ -1,0 +1,158 @@
+"""`alexnet-report runs/NAME`: the run's curves (curves.png) and a short summary (summary.md).
+
+Reads only the run folder (params.json, metrics.jsonl), so it works on a copied folder, on a run
+still in progress, and without torch's GPU parts. matplotlib draws with the Agg backend (no display).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trainer import metrics
+from trainer.config import REASONS, flag, paper_differences
+
+CURVES = "curves.png"
+SUMMARY = "summary.md"
+
+
+class ReportError(ValueError):
+    pass
+
+
+def load(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    run = Path(run_dir)
+    params_path = run / "params.json"
+    if not params_path.exists():
+        raise ReportError(f"{run}: no params.json (not an alexnet-train run folder)")
+    params = json.loads(params_path.read_text())
+    records = metrics.read(run)
+    if not any(r["kind"] in ("train", "epoch") for r in records):
+        raise ReportError(f"{run}: metrics.jsonl has no training records yet")
+    return params, records
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r["kind"] == "train"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    fig, (ax_loss, ax_err, ax_lr) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    # Loss against epochs (fractional for the per-step records) so train and val share an axis.
+    steps_per_epoch = _steps_per_epoch(epochs)
+    if train:
+        x = [r["step"] / steps_per_epoch for r in train] if steps_per_epoch else [r["step"] for r in train]
+        ax_loss.plot(x, [r["loss"] for r in train], lw=0.8, alpha=0.7, label="train (per log interval)")
+    if epochs:
+        x = [r["epoch"] + 1 for r in epochs]
+        ax_loss.plot(x, [r["val_loss"] for r in epochs], "o-", label="val (centre crop)")
+        ax_err.plot(x, [100 * r["val_top1_err"] for r in epochs], "o-", label="top-1")
+        ax_err.plot(x, [100 * r["val_top5_err"] for r in epochs], "o-", label="top-5")
+    final = next((r for r in reversed(records) if r["kind"] == "final"), None)
+    if final and epochs:
+        ax_err.scatter([epochs[-1]["epoch"] + 1] * 2,
+                       [100 * final["ten_crop_top1_err"], 100 * final["ten_crop_top5_err"]],
+                       marker="*", s=120, c="k", zorder=3, label="10-crop (§6)")
+    if train:
+        x = [r["step"] / steps_per_epoch for r in train] if steps_per_epoch else [r["step"] for r in train]
+        ax_lr.plot(x, [r["lr"] for r in train], drawstyle="steps-post")
+        ax_lr.set_yscale("log")
+    xlabel = "epoch" if steps_per_epoch or not train else "step"
+    for ax, title, ylabel in ((ax_loss, "loss", "cross-entropy"), (ax_err, "validation error", "%"),
+                              (ax_lr, "learning rate", "lr")):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _steps_per_epoch(epochs: list[dict[str, Any]]) -> float | None:
+    if not epochs:
+        return None
+    return epochs[0]["step"] / (epochs[0]["epoch"] + 1) if epochs[0]["step"] else None
+
+
+def summary(params: dict[str, Any], records: list[dict[str, Any]], run_name: str) -> str:
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    final = next((r for r in reversed(records) if r["kind"] == "final"), None)
+    cfg = params["config"]
+    machine = params.get("machine", {})
+    lines = [f"# {run_name}", ""]
+    cpu = f"CPU ({machine.get('cpus', '?')} cores) {machine.get('cpu', '')}".strip()
+    hw = ", ".join(machine.get("gpus") or []) or cpu
+    lines += [f"- epochs: {len(epochs)} of {cfg['epochs']}; steps: {records[-1].get('step', 0)}; "
+              f"global batch {cfg['batch_size']} over {params.get('world_size', 1)} process(es)",
+              f"- hardware: {hw}; devices per replica: {', '.join(params.get('devices', []))}; "
+              f"precision {cfg['precision']}",
+              f"- git {params.get('git', 'unknown')}; train shards {params['shards']['train_hash'][:12]}, "
+              f"{params['shards']['train_samples']} train / {params['shards']['val_samples']} val images, "
+              f"{params['shards']['classes']} classes", ""]
+    if epochs:
+        last = epochs[-1]
+        best1 = min(epochs, key=lambda r: r["val_top1_err"])
+        best5 = min(epochs, key=lambda r: r["val_top5_err"])
+        speed = sorted(r["images_per_s"] for r in epochs)[len(epochs) // 2]
+        lines += ["| validation error (centre crop) | top-1 | top-5 |", "| --- | --- | --- |",
+                  f"| final (epoch {last['epoch'] + 1}) | {_pct(last['val_top1_err'])} "
+                  f"| {_pct(last['val_top5_err'])} |",
+                  f"| best | {_pct(best1['val_top1_err'])} (epoch {best1['epoch'] + 1}) "
+                  f"| {_pct(best5['val_top5_err'])} (epoch {best5['epoch'] + 1}) |"]
+        if final:
+            lines.append(f"| 10-crop, final (§6) | {_pct(final['ten_crop_top1_err'])} "
+                         f"| {_pct(final['ten_crop_top5_err'])} |")
+        lines += ["", f"- training speed: {speed:.0f} images/s (median over epochs), "
+                      f"data wait {100 * last['data_wait']:.0f}% of the last epoch",
+                  f"- final train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}, "
+                  f"lr {last['lr']:.3g}",
+                  f"- evaluated {last['val_samples']} val images per epoch"
+                  + (" (top-5 error is 0 by construction with 5 classes or fewer)"
+                     if params["shards"]["classes"] <= 5 else ""), ""]
+    else:
+        lines += ["No epoch finished yet.", ""]
+    diffs = paper_differences(cfg)
+    lines.append("## Options that differ from the paper's defaults")
+    lines.append("")
+    if diffs:
+        for name, value, default in diffs:
+            reason = REASONS.get(name, "changed")
+            lines.append(f"- `{_option(name, value)}` (default `{_option(name, default)}`): {reason}")
+    else:
+        lines.append("- none")
+    if cfg.get("note"):
+        lines += ["", f"Note: {cfg['note']}"]
+    lines += ["", f"![curves]({CURVES})", ""]
+    return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _option(name: str, value: Any) -> str:
+    """The command-line spelling of a setting: --no-ten-crop, --lr-milestones 30,60, --init kaiming."""
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{flag(name)}"
+    shown = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    return f"--{flag(name)} {shown}"
+
+
+def report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write curves.png and summary.md into the run folder; returns their paths."""
+    from tools import atomic
+
+    run = Path(run_dir)
+    params, records = load(run)
+    png, md = run / CURVES, run / SUMMARY
+    tmp = run / f".{CURVES}.tmp.png"
+    plot(records, tmp)
+    tmp.replace(png)
+    atomic.write_bytes(str(md), summary(params, records, run.name).encode())
+    return png, md

@@ -1,0 +1,556 @@
+"""Training (§5): SGD, batch 128, momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 when the
+validation error stops improving, ~90 epochs; then the ten-patch evaluation of §6.
+
+    alexnet-train --shards shards/ --out runs/paper                      # the paper's recipe
+    alexnet-train --shards shards/ --out runs/demo --epochs 8 --init kaiming --batch-size 32   # CPU demo
+    torchrun --nproc-per-node 4 -m trainer.cli --shards shards/ --out runs/x4 --devices cuda:0,cuda:1
+    alexnet-train --shards shards/ --out runs/paper --resume             # continue after a kill
+
+Plain functions in the order a run calls them: `prepare` (every check, before any work), `load_data`,
+`build_model`, `train_one_epoch`, `main`. The run folder gets params.json (settings, git revision,
+shard manifest hash), metrics.jsonl, TensorBoard events and checkpoints/ (trainer/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+import paper
+from pipeline.errors import PipelineError
+from pipeline.loader import PAD_LABEL
+from tools import atomic
+from tools import manifest as manifest_lib
+from trainer import checkpoint, distributed, metrics
+from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag
+from trainer.evaluate import evaluate
+from trainer.model import AlexNet
+
+PARAMS = "params.json"
+STATS = ("pca.json", "mean.npy")  # written by `alexnet-prep pca-stats`; the pipeline needs both
+
+
+class StopRun(Exception):
+    """Raised inside the loop when --max-steps is reached (after the checkpoint is written)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up checks: everything that can fail does so here, before any file is written.
+
+
+@dataclass
+class Plan:
+    """What `prepare` found: the checked inputs of a run."""
+
+    cfg: TrainConfig
+    world: distributed.World
+    devices: tuple[str, ...]  # this process's replica
+    manifest: dict[str, Any]
+    num_classes: int
+    resume_from: tuple[dict[str, Any], Path] | None = None
+    resumed_by_restart: bool = False
+
+
+def default_devices(world: distributed.World) -> tuple[str, ...]:
+    """Two GPUs per replica as in the paper when there are enough, else one, else the CPU."""
+    n = torch.cuda.device_count() // max(world.local_size, 1)
+    if n >= paper.COLUMNS:
+        return tuple(f"cuda:{i}" for i in range(paper.COLUMNS))
+    return ("cuda:0",) if n >= 1 else ("cpu",)
+
+
+def check_devices(devices: tuple[str, ...], name: str = "--devices") -> None:
+    present = torch.cuda.device_count()
+    types = set()
+    for d in devices:
+        try:
+            dev = torch.device(d)
+        except RuntimeError as e:
+            raise ConfigError(f"{name}: {d!r} is not a device name (e.g. cpu, cuda:0)") from e
+        if dev.type not in ("cpu", "cuda"):
+            raise ConfigError(f"{name}: {d} is not supported (use cpu or cuda:N)")
+        if dev.type == "cuda" and (dev.index or 0) >= present:
+            raise ConfigError(f"{name}: {d} is not available (this machine has {present} CUDA device(s))")
+        types.add(dev.type)
+    if len(types) > 1:
+        raise ConfigError(f"{name}: cannot mix the CPU and GPUs in one replica ({','.join(devices)})")
+
+
+def replica(devices: tuple[str, ...], world: distributed.World) -> tuple[str, ...]:
+    """This process's checked devices: `devices` (or the default) shifted to its local rank."""
+    name = "--devices" if devices else "default devices"
+    devices = devices or default_devices(world)
+    check_devices(devices, name)  # the names first, so a typo is reported as such
+    devices = distributed.replica_devices(devices, world)
+    check_devices(devices, f"{name} of local rank {world.local_rank}" if world.local_rank else name)
+    return devices
+
+
+def check_shards(shards: str) -> dict[str, Any]:
+    try:
+        m = manifest_lib.load(shards)
+    except manifest_lib.ManifestError as e:
+        raise ConfigError(f"--shards: {e}") from e
+    for split in ("train", "val"):
+        if not m["splits"].get(split, {}).get("shards"):
+            raise ConfigError(f"--shards: {shards} has no {split} shards (run `alexnet-prep shard`)")
+    for name in STATS:
+        if not (Path(shards) / name).exists():
+            raise ConfigError(f"--shards: {shards}/{name} is missing "
+                              f"(run `alexnet-prep pca-stats --shards {shards}`)")
+    if not m["classes"]:
+        raise ConfigError(f"--shards: {shards}/manifest.json lists no classes")
+    return m
+
+
+def prepare(cfg: TrainConfig, world: distributed.World | None = None) -> Plan:
+    """Every start-up check; raises ConfigError (one line) before anything is written."""
+    world = world or distributed.from_env()
+    cfg.check(world.size)
+    devices = replica(cfg.devices, world)
+    m = check_shards(cfg.shards)
+    plan = Plan(cfg, world, devices, m, len(m["classes"]))
+
+    out = Path(cfg.out)
+    restarted = distributed.restart_count() > 0
+    has_run = (out / PARAMS).exists() or bool(checkpoint.candidates(out))
+    if has_run and not (cfg.resume or restarted):
+        raise ConfigError(f"--out: {out} already holds a run; pass --resume to continue it "
+                          "or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file")
+    if cfg.resume or restarted:
+        try:
+            found = checkpoint.load_latest(out)
+        except checkpoint.CheckpointError as e:
+            raise ConfigError(f"--resume: {e}") from e
+        if found is None and cfg.resume and not restarted:
+            raise ConfigError(f"--resume: {out} has no checkpoint to resume from")
+        if found is not None:
+            check_resumable(cfg, world, found[0], found[1])
+        plan.resume_from, plan.resumed_by_restart = found, restarted
+    return plan
+
+
+def check_resumable(cfg: TrainConfig, world: distributed.World, state: dict[str, Any], path: Path) -> None:
+    saved = TrainConfig.from_dict(state["config"])
+    for name in RESUME_MUST_MATCH:
+        if getattr(saved, name) != getattr(cfg, name):
+            raise ConfigError(f"--resume: --{flag(name)} is {getattr(cfg, name)} but the run in {cfg.out} "
+                              f"used {getattr(saved, name)}; a resumed run must keep it")
+    if state["batch"] and state["world_size"] != world.size:
+        raise ConfigError(f"--resume: {path.name} was written mid-epoch by {state['world_size']} "
+                          f"process(es); resume it with the same number (not {world.size})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data, model, optimisation.
+
+
+def loader_args(cfg: TrainConfig, world: distributed.World, devices: tuple[str, ...]) -> dict[str, Any]:
+    """What the train and eval loaders of this rank share: its 1/world share of the data
+    (shard_id=rank), on the replica's first GPU (DALI's GPU pipeline) or on the CPU."""
+    device = torch.device(devices[0])
+    gpu = device.type == "cuda"
+    return {"batch_size": cfg.batch_size // world.size, "device": "gpu" if gpu else "cpu",
+            "device_id": (device.index or 0) if gpu else None, "shard_id": world.rank,
+            "num_shards": world.size, "channels_last": cfg.channels_last, "mean": cfg.mean,
+            # bf16 runs take bf16 input; otherwise fp32, the paper's input precision.
+            "dtype": "bfloat16" if cfg.precision == "bf16" else "float32"}
+
+
+def load_data(cfg: TrainConfig, world: distributed.World, devices: tuple[str, ...],
+              loader_state: str | None = None) -> tuple[Any, Callable[[bool], Iterable[Any]]]:
+    """This rank's training loader (continued from `loader_state`, a `Loader.state()` string) and a
+    factory of its validation loaders (centre crop, or ten crops with True)."""
+    import pipeline
+
+    common = loader_args(cfg, world, devices)
+    train = pipeline.train_loader(cfg.shards, seed=cfg.seed, checkpoint=loader_state, **common)
+
+    def val(ten_crop: bool) -> Iterable[Any]:
+        return pipeline.eval_loader(cfg.shards, crop="ten" if ten_crop else "center", **common)
+
+    return train, val
+
+
+def loader_state(loader: Any) -> str | None:
+    """The loader's resumable position (`Loader.state()`: epoch, batch and DALI's checkpoint)."""
+    state = getattr(loader, "state", None)
+    return state() if callable(state) else None
+
+
+def build_model(cfg: TrainConfig, num_classes: int, devices: tuple[str, ...]) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank and every placement
+    model = AlexNet(num_classes=num_classes, devices=devices, init=cfg.init, lrn_variant=cfg.lrn)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # §5 writes v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v. PyTorch keeps eps outside the
+    # velocity (v <- 0.9 v + grad + 0.0005 w; w <- w - eps v): the same steps while eps is constant;
+    # after an lr drop the old velocity is applied at the new rate. Weight decay covers every
+    # parameter, biases included: §5's rule names no exception.
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    if cfg.lr_policy == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones()),
+                                                    gamma=paper.LR_DROP_FACTOR)
+    # min_lr caps the drops at lr_drops (§5: three); eps (1e-8 absolute, torch's default) absorbs
+    # the rounding between 0.01*0.1*0.1*0.1 and 0.01*0.1**3.
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=paper.LR_DROP_FACTOR, patience=cfg.lr_patience,
+        threshold=cfg.lr_threshold, threshold_mode="abs",
+        min_lr=cfg.lr * paper.LR_DROP_FACTOR ** cfg.lr_drops)
+
+
+def scheduler_step(scheduler: Any, val_top1_err: float) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_top1_err)
+    else:
+        scheduler.step()
+
+
+def set_precision(precision: str) -> Callable[[torch.device], AbstractContextManager]:
+    """Select the arithmetic; returns a factory of the autocast context for a device.
+
+    Storage stays fp32 in every mode. tf32 lets cuDNN/cuBLAS use TF32 tensor cores (PyTorch's own
+    default for convolutions); bf16 autocasts matmuls/convs to bfloat16.
+    """
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
+    return lambda device: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def seed_everything(seed: int, epoch: int, rank: int) -> None:
+    """Dropout masks (and anything else random in the loop) from (seed, epoch, rank) alone."""
+    s = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclass
+class Position:
+    """Where the run is: optimizer steps done, current epoch, batches done in it, and the epoch's
+    training loss so far: reduced (loss sum, samples) of past log intervals, and this rank's
+    unreduced [loss sum, samples] of the current interval, kept on the device. All of it goes into
+    checkpoints, so a resumed run logs the very numbers an uninterrupted one would."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    loss_sum: float = 0.0
+    samples: float = 0.0
+    pending: Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
+
+
+def to_device(images: Tensor, labels: Tensor, device: torch.device,
+              channels_last: bool) -> tuple[Tensor, Tensor]:
+    if device.type == "cuda" and images.device.type == "cpu":
+        images, labels = images.pin_memory(), labels.pin_memory()  # pinned: the copy can be asynchronous
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True).long()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
+               autocast: Callable[[torch.device], AbstractContextManager]) -> Tensor:
+    """One SGD step; returns [loss sum, real samples] on the device (no host sync).
+
+    Padding (label PAD_LABEL) adds nothing: the loss is the sum over real samples divided by the
+    nominal batch, so with n processes DDP's gradient average equals one process's on the global batch.
+    """
+    with autocast(labels.device):
+        logits = model(images)
+    loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=PAD_LABEL, reduction="sum")
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum / labels.shape[0]).backward()
+    optimizer.step()
+    return torch.stack([loss_sum.detach(), (labels != PAD_LABEL).sum()]).double()
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
+                    loader: Iterable[tuple[Tensor, Tensor]], pos: Position, device: torch.device, *,
+                    global_batch: int, log_every: int,
+                    autocast: Callable[[torch.device], AbstractContextManager] | None = None,
+                    channels_last: bool = False, log: Callable[[dict[str, Any]], None] | None = None,
+                    every_step: Callable[[Position], None] | None = None, total: int | None = None,
+                    progress: bool = False) -> dict[str, float]:
+    """One pass over `loader` (the rest of it after a resume); advances `pos`.
+
+    `loader` is this epoch's batches; labels PAD_LABEL mark padding (see train_step).
+
+    The loss stays on the device between log intervals; every `log_every` steps one all_reduce of
+    (loss sum, sample count) gives the exact mean over all ranks, and that `.item()` is the only host
+    sync. `every_step` runs after each step (checkpoints, --max-steps) and may raise StopRun.
+    """
+    model.train()
+    autocast = autocast or (lambda d: torch.autocast(d.type, enabled=False))
+    wait = metrics.DataWait()
+    pos.pending = pos.pending.to(device)
+    images_done, t_log, wait_log = 0, time.perf_counter(), 0.0
+    bar = tqdm(total=total, initial=pos.batch, desc=f"epoch {pos.epoch}", disable=not progress,
+               dynamic_ncols=True, leave=False)
+    try:
+        for images, labels in wait.wrap(loader):
+            images, labels = to_device(images, labels, device, channels_last)
+            pos.pending += train_step(model, optimizer, images, labels, autocast)
+            pos.step, pos.batch = pos.step + 1, pos.batch + 1
+            images_done += global_batch
+            bar.update()
+            if pos.step % log_every == 0:
+                loss_sum, n = distributed.all_reduce_sum(pos.pending).tolist()  # the interval's one sync
+                pos.pending.zero_()
+                if not math.isfinite(loss_sum):
+                    raise FloatingPointError(f"training loss is {loss_sum / n} at step {pos.step} "
+                                             "(diverged; try a lower --lr)")
+                pos.loss_sum, pos.samples = pos.loss_sum + loss_sum, pos.samples + n
+                now = time.perf_counter()
+                record = {"kind": "train", "epoch": pos.epoch, "step": pos.step, "loss": loss_sum / n,
+                          "lr": optimizer.param_groups[0]["lr"], "images_per_s": images_done / (now - t_log),
+                          "data_wait": (wait.waited - wait_log) / (now - t_log)}
+                images_done, t_log, wait_log = 0, now, wait.waited
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2g}",
+                                img_s=f"{record['images_per_s']:.0f}", wait=f"{record['data_wait']:.0%}")
+                if log:
+                    log(record)
+            if every_step:
+                every_step(pos)
+    finally:
+        bar.close()
+    loss_sum, n = distributed.all_reduce_sum(pos.pending).tolist()
+    pos.pending.zero_()
+    pos.loss_sum, pos.samples = pos.loss_sum + loss_sum, pos.samples + n
+    return {"train_loss": pos.loss_sum / max(pos.samples, 1), "data_wait": wait.share()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def git_revision() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "unknown") + ("-dirty" if dirty else "")
+
+
+def write_params(plan: Plan, resumed: bool) -> None:
+    m = plan.manifest
+    params = {
+        "config": plan.cfg.to_dict(),
+        "git": git_revision(),
+        "shards": {"path": str(Path(plan.cfg.shards).resolve()),
+                   "manifest_sha256": hashlib.sha256((Path(plan.cfg.shards) / manifest_lib.MANIFEST)
+                                                     .read_bytes()).hexdigest(),
+                   "train_hash": manifest_lib.shard_list_hash(m, "train"),
+                   "val_hash": manifest_lib.shard_list_hash(m, "val"),
+                   "train_samples": m["splits"]["train"]["samples"],
+                   "val_samples": m["splits"]["val"]["samples"],
+                   "classes": plan.num_classes},
+        "world_size": plan.world.size,
+        "devices": list(plan.devices),
+        "machine": metrics.machine(),
+        "argv": sys.argv,
+        "resumed": resumed,
+        "time": time.time(),
+    }
+    atomic.write_json(str(Path(plan.cfg.out) / PARAMS), params)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The AlexNet inside DDP / torch.compile wrappers: its state dict has no wrapper prefixes."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def make_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, pos: Position, loader: Any,
+               cfg: TrainConfig, num_classes: int, world: distributed.World) -> dict[str, Any] | None:
+    """The checkpoint state on rank 0 (None elsewhere). Every rank must call it: it gathers each
+    rank's RNG and loader states, which differ (dropout masks, shard_id)."""
+    per_rank = distributed.all_gather({"rng": checkpoint.rng_state(), "loader": loader_state(loader),
+                                       "pending": pos.pending.cpu()})
+    if not world.main:
+        return None
+    return {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": pos.step, "epoch": pos.epoch, "batch": pos.batch,
+        "epoch_loss": (pos.loss_sum, pos.samples),
+        "world_size": world.size,
+        "rng": [r["rng"] for r in per_rank],
+        "loader": [r["loader"] for r in per_rank],
+        "pending": [r["pending"] for r in per_rank],
+        "config": cfg.to_dict(),
+        "num_classes": num_classes,
+    }
+
+
+def main(cfg: TrainConfig, world: distributed.World | None = None) -> dict[str, Any]:
+    """Run (or continue) training; returns the last epoch's metrics (and the 10-crop ones).
+
+    Raises ConfigError, before anything is written, on any bad input.
+    """
+    plan = prepare(cfg, world)
+    world, devices = plan.world, plan.devices
+    device = torch.device(devices[0])
+    state = plan.resume_from[0] if plan.resume_from else None
+    pos = Position()
+    if state is not None:
+        pos = Position(state["step"], state["epoch"], state["batch"], *state["epoch_loss"])
+    mid_epoch = state is not None and pos.batch > 0
+    # A mid-epoch checkpoint continues the loader where it stopped; an end-of-epoch one starts the
+    # next epoch from (seed, epoch), which is what the loader would produce anyway. Built first:
+    # the loaders check the shards too, and a bad one must fail before anything is written.
+    try:
+        train_loader, val_loader = load_data(cfg, world, devices,
+                                             state["loader"][world.rank] if mid_epoch else None)
+    except PipelineError as e:
+        raise ConfigError(f"--shards: {e}") from e
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    distributed.init(world, "nccl" if device.type == "cuda" else "gloo")
+    run_log = None
+    try:
+        autocast = set_precision(cfg.precision)
+        model = build_model(cfg, plan.num_classes, devices)
+        optimizer = make_optimizer(cfg, model)
+        scheduler = make_scheduler(cfg, optimizer)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        if world.distributed:
+            # Multi-device replicas (and the CPU) take device_ids=None. DDP averages the gradients
+            # over ranks, so each rank's loss over its batch / world reproduces the global batch's.
+            single_gpu = len(devices) == 1 and device.type == "cuda"
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if single_gpu else None)
+        if cfg.compile:
+            model = torch.compile(model)
+
+        out = Path(cfg.out)
+        if world.main:
+            out.mkdir(parents=True, exist_ok=True)
+            if state is not None or plan.resumed_by_restart:
+                # Lines the killed run logged after its checkpoint (all of them if it had none).
+                metrics.truncate(out, pos.step, pos.epoch)
+            if state is None and plan.resumed_by_restart:
+                warnings.warn(f"restarted before the first checkpoint of {out}: starting from step 0",
+                              stacklevel=1)
+            write_params(plan, resumed=state is not None)
+            resumed = state is not None or plan.resumed_by_restart
+            run_log = metrics.RunLog(out, purge_step=pos.step + 1 if resumed else None)
+            if state is not None:
+                run_log.write({"kind": "resume", "step": pos.step, "epoch": pos.epoch, "batch": pos.batch,
+                               "checkpoint": str(plan.resume_from[1]), "restart": plan.resumed_by_restart})
+        log = run_log.write if run_log else None
+        steps_per_epoch = len(train_loader)
+
+        def save() -> None:
+            s = make_state(model, optimizer, scheduler, pos, train_loader, cfg, plan.num_classes, world)
+            if s is not None:
+                checkpoint.save(out, s, pos.step, pos.epoch, pos.batch)
+
+        def every_step(p: Position) -> None:
+            if p.batch == steps_per_epoch:
+                return  # the epoch's end: evaluation and the epoch checkpoint come next
+            due = cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0
+            stop = cfg.max_steps and p.step >= cfg.max_steps
+            if due or stop:
+                save()
+            if stop:
+                raise StopRun
+
+        def validate(ten_crop: bool) -> dict[str, Any]:
+            return evaluate(model, val_loader(ten_crop), device, autocast(device),
+                            plan.manifest["splits"]["val"]["samples"], cfg.channels_last)
+
+        last: dict[str, Any] = {}
+        while pos.epoch < cfg.epochs:
+            if mid_epoch:
+                checkpoint.set_rng_state(state["rng"][world.rank])
+                pos.pending = state["pending"][world.rank].clone()
+                mid_epoch = False
+            else:
+                seed_everything(cfg.seed, pos.epoch, world.rank)
+            t0, batch0 = time.perf_counter(), pos.batch
+            train = train_one_epoch(
+                model, optimizer, train_loader.epoch(pos.epoch), pos, device, global_batch=cfg.batch_size,
+                log_every=cfg.log_every, autocast=autocast, channels_last=cfg.channels_last, log=log,
+                every_step=every_step, total=steps_per_epoch, progress=cfg.progress and world.main)
+            epoch_s = time.perf_counter() - t0
+            val = validate(False)
+            scheduler_step(scheduler, val["val_top1_err"])
+            last = {"kind": "epoch", "epoch": pos.epoch, "step": pos.step, **train, **val,
+                    "lr": optimizer.param_groups[0]["lr"], "epoch_s": epoch_s,
+                    "images_per_s": (pos.batch - batch0) * cfg.batch_size / epoch_s}
+            if log:
+                log(last)
+                tqdm.write(f"epoch {pos.epoch}: train loss {train['train_loss']:.4f}, val top-1 err "
+                           f"{val['val_top1_err']:.4f}, top-5 err {val['val_top5_err']:.4f}, "
+                           f"{last['images_per_s']:.0f} img/s, data wait {train['data_wait']:.0%}",
+                           file=sys.stderr)
+            pos.epoch, pos.batch, pos.loss_sum, pos.samples = pos.epoch + 1, 0, 0.0, 0.0
+            save()
+            if cfg.max_steps and pos.step >= cfg.max_steps and pos.epoch < cfg.epochs:
+                raise StopRun
+        if cfg.ten_crop:
+            ten = validate(True)
+            final = {"kind": "final", "epoch": pos.epoch - 1, "step": pos.step,
+                     **{k.replace("val_", "ten_crop_"): v for k, v in ten.items()}}
+            if log:
+                log(final)
+                tqdm.write(f"10-crop: top-1 err {ten['val_top1_err']:.4f}, "
+                           f"top-5 err {ten['val_top5_err']:.4f}", file=sys.stderr)
+            last = {**last, **final}
+        return last
+    except StopRun:
+        if world.main:
+            tqdm.write(f"stopped after step {pos.step} (--max-steps); continue with --resume",
+                       file=sys.stderr)
+        return last
+    finally:
+        if run_log:
+            run_log.close()
+        distributed.shutdown()
+
+
