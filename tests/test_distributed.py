@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 from click.testing import CliRunner
 
-from tests import test_train_fakes as fakes
+from tests import fakes
 from trainer import checkpoint, distributed, metrics, train
 from trainer.cli import main as train_cli
 from trainer.config import TrainConfig

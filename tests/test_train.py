@@ -1,7 +1,7 @@
 """The training loop: resume equality, the lr policies, exact evaluation, and a short real run.
 
 A step of the real AlexNet on 2 CPU cores takes ~1-2 s at batch 8, so these runs are a handful of
-steps. Loop-logic tests use the loaders of test_train_fakes.py; `test_loss_falls_on_sample_shards`
+steps. Loop-logic tests use the loaders of fakes.py; `test_loss_falls_on_sample_shards`
 and `test_resume_with_pipeline` use the real DALI CPU pipeline on the session's sample shards.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import paper
-from tests import test_train_fakes as fakes
+from tests import fakes
 from trainer import checkpoint, metrics, train
 from trainer.config import TrainConfig
 from trainer.evaluate import evaluate

@@ -33,7 +33,7 @@ def load(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return params, records
 
 
-def plot(records: list[dict[str, Any]], path: Path) -> None:
+def plot(records: list[dict[str, Any]], path: Path, classes: int | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,9 +49,15 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         ax_loss.plot(x, [r["loss"] for r in train], lw=0.8, alpha=0.7, label="train (per log interval)")
     if epochs:
         x = [r["epoch"] + 1 for r in epochs]
+        ax_loss.plot(x, [r["train_loss"] for r in epochs], "s-", label="train (epoch mean)")
         ax_loss.plot(x, [r["val_loss"] for r in epochs], "o-", label="val (centre crop)")
         ax_err.plot(x, [100 * r["val_top1_err"] for r in epochs], "o-", label="top-1")
         ax_err.plot(x, [100 * r["val_top5_err"] for r in epochs], "o-", label="top-5")
+        if classes:
+            ax_err.axhline(100 * (1 - 1 / classes), ls="--", c="grey", lw=1, label="top-1 chance")
+        # the lr an epoch ran with, so a short run without per-interval records still shows it
+        ax_lr.plot(x, [r["lr"] for r in epochs], "o", drawstyle="steps-post", label="per epoch")
+        ax_lr.set_yscale("log")
     final = next((r for r in reversed(records) if r["kind"] == "final"), None)
     if final and epochs:
         ax_err.scatter([epochs[-1]["epoch"] + 1] * 2,
@@ -59,7 +65,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
                        marker="*", s=120, c="k", zorder=3, label="10-crop (§6)")
     if train:
         x = [r["step"] / steps_per_epoch for r in train] if steps_per_epoch else [r["step"] for r in train]
-        ax_lr.plot(x, [r["lr"] for r in train], drawstyle="steps-post")
+        ax_lr.plot(x, [r["lr"] for r in train], drawstyle="steps-post", label="per log interval")
         ax_lr.set_yscale("log")
     xlabel = "epoch" if steps_per_epoch or not train else "step"
     for ax, title, ylabel in ((ax_loss, "loss", "cross-entropy"), (ax_err, "validation error", "%"),
@@ -100,7 +106,9 @@ def summary(params: dict[str, Any], records: list[dict[str, Any]], run_name: str
         best1 = min(epochs, key=lambda r: r["val_top1_err"])
         best5 = min(epochs, key=lambda r: r["val_top5_err"])
         speed = sorted(r["images_per_s"] for r in epochs)[len(epochs) // 2]
-        lines += ["| validation error (centre crop) | top-1 | top-5 |", "| --- | --- | --- |",
+        classes = params["shards"]["classes"]
+        lines += [f"| validation error (centre crop) | top-1 (chance {_pct(1 - 1 / classes)}) | top-5 |",
+                  "| --- | --- | --- |",
                   f"| final (epoch {last['epoch'] + 1}) | {_pct(last['val_top1_err'])} "
                   f"| {_pct(last['val_top5_err'])} |",
                   f"| best | {_pct(best1['val_top1_err'])} (epoch {best1['epoch'] + 1}) "
@@ -152,7 +160,7 @@ def report(run_dir: str | Path) -> tuple[Path, Path]:
     params, records = load(run)
     png, md = run / CURVES, run / SUMMARY
     tmp = run / f".{CURVES}.tmp.png"
-    plot(records, tmp)
+    plot(records, tmp, classes=params.get("shards", {}).get("classes"))
     tmp.replace(png)
     atomic.write_bytes(str(md), summary(params, records, run.name).encode())
     return png, md
