@@ -90,15 +90,16 @@ class PixelSums:
         self.image = np.zeros((STORED_SIZE, STORED_SIZE, 3), np.uint32) if per_pixel else None
 
     def add(self, pixels: np.ndarray) -> None:
-        n = pixels.shape[0] * pixels.shape[1]
-        # One float64 Gram matrix of [r, g, b, 1] gives the outer products and the channel sums
-        # together. float64 BLAS is exact here (each partial sum is an integer < 2**53) and many
-        # times faster than numpy's integer matmul or strided sums (measured: those were a quarter
-        # of the whole shard time).
-        aug = np.ones((n, 4))
-        aug[:, :3] = pixels.reshape(n, 3)
-        gram = aug.T @ aug
-        self.pixels += n
+        # The Gram matrix of [r, g, b, 1] per image row gives the outer products, the channel sums
+        # and the count at once. float32 BLAS is exact here: a row has 256 pixels, so every partial
+        # sum is an integer <= 256 * 255**2 < 2**24. Measured 0.7 ms an image, against 1.8 ms for
+        # float64 on the flat image and more for numpy's integer matmul and strided sums.
+        rows, cols = pixels.shape[:2]
+        assert cols * 255**2 < 2**24, "rows too long for exact float32 sums"
+        aug = np.ones((rows, cols, 4), np.float32)
+        aug[..., :3] = pixels
+        gram = np.matmul(aug.transpose(0, 2, 1), aug).sum(axis=0, dtype=np.float64)
+        self.pixels += rows * cols
         self.rgb += gram[:3, 3].astype(np.int64)
         self.outer += gram[:3, :3].astype(np.int64)
         if self.image is not None:
