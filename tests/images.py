@@ -1,4 +1,5 @@
-"""Tiny image factories shared by the tests (photo-like content, and each ImageNet quirk)."""
+"""Tiny image helpers shared by the tests (photo-like content from the prep benchmark, and encoders
+for each ImageNet quirk)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,9 @@ import io
 import numpy as np
 from PIL import Image
 
+from tools.bench import photo, psnr, reference_pixels
 
-def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """Smooth colour blobs plus mild noise: compresses and resizes like a photo."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (height // 32 + 2, width // 32 + 2, 3), dtype=np.uint8)
-    base = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), np.int16)
-    noisy = base + rng.normal(0, 3, base.shape).astype(np.int16)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
+__all__ = ["encode", "photo", "psnr", "reference_resize"]
 
 
 def encode(pixels: np.ndarray, fmt: str = "JPEG", mode: str | None = None, quality: int = 95) -> bytes:
@@ -28,15 +24,4 @@ def encode(pixels: np.ndarray, fmt: str = "JPEG", mode: str | None = None, quali
 
 def reference_resize(data: bytes, size: int = 256) -> np.ndarray:
     """The naive path the issue names: RGB, bicubic shorter side to 256, centre crop (no re-encode)."""
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = im.size
-    s = size / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
+    return np.asarray(reference_pixels(data, size))

@@ -42,16 +42,20 @@ def photo_jpeg(width: int, height: int, seed: int = 0, quality: int = 92) -> byt
     return out.getvalue()
 
 
-def reference(data: bytes, quality: int = 90, size: int = STORED_SIZE) -> bytes:
-    """The naive path a user would write first (the issue's baseline)."""
+def reference_pixels(data: bytes, size: int = STORED_SIZE) -> Image.Image:
+    """The naive path a user would write first (the issue's baseline), before encoding."""
     im = Image.open(io.BytesIO(data)).convert("RGB")
     w, h = im.size
     s = size / min(w, h)
     im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
     w, h = im.size
     left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def reference(data: bytes, quality: int = 90, size: int = STORED_SIZE) -> bytes:
     out = io.BytesIO()
-    im.crop((left, top, left + size, top + size)).save(out, "JPEG", quality=quality)
+    reference_pixels(data, size).save(out, "JPEG", quality=quality)
     return out.getvalue()
 
 
