@@ -15,7 +15,10 @@ ARG BASE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
 FROM ${BASE}
 ARG DALI=nvidia-dali-cuda130
 
-ENV PYTHONUNBUFFERED=1
+# .git stays out of the build context, so runs record the revision given here instead:
+#   docker compose build --build-arg GIT_REVISION=$(git rev-parse HEAD)
+ARG GIT_REVISION=unknown
+ENV PYTHONUNBUFFERED=1 GIT_REVISION=${GIT_REVISION}
 WORKDIR /workspace
 COPY --chown=1000:1000 . /workspace
 

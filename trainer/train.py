@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import subprocess
 import sys
@@ -358,7 +359,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def git_revision() -> str:
+    """HEAD of the checkout (with -dirty), or $GIT_REVISION where there is no .git (the Docker image)."""
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return os.environ.get("GIT_REVISION", "unknown")
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10).stdout.strip()
