@@ -18,7 +18,16 @@ import warnings
 import click
 
 import paper
-from trainer.config import INITS, LR_POLICIES, LRN_VARIANTS, MEAN_MODES, PRECISIONS, ConfigError, TrainConfig
+from trainer.config import (
+    INITS,
+    LR_POLICIES,
+    LRN_VARIANTS,
+    MEAN_MODES,
+    PRECISIONS,
+    SGD_VARIANTS,
+    ConfigError,
+    TrainConfig,
+)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
@@ -66,6 +75,9 @@ def _warnings_to_stderr() -> None:
               help="paper: §5 N(0, 0.01) weights, biases 0/1. Paper init needs many epochs before the loss "
                    "moves (measured on a 6-class 240-image sample on CPU: 8 epochs at lr 0.01 stay at "
                    "chance); use kaiming for short CPU demos.")
+@click.option("--sgd", type=click.Choice(SGD_VARIANTS), default="paper",
+              help="paper: §5's rule v = 0.9v - 5e-4 lr w - lr g, w += v; torch: torch.optim.SGD "
+                   "(identical steps at constant lr, not right after an lr drop).")
 @click.option("--lrn", type=click.Choice(LRN_VARIANTS), default="paper",
               help="LRN as printed in §3.3, or cuda-convnet's alpha / n.")
 @click.option("--mean", type=click.Choice(MEAN_MODES), default=None,
@@ -95,9 +107,9 @@ def _warnings_to_stderr() -> None:
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
 def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
          lr_policy: str, lr_patience: int, lr_threshold: float, lr_drops: int, lr_milestones: str | None,
-         init: str, lrn: str, mean: str | None, devices: str | None, precision: str, channels_last: bool,
-         compile_: bool, seed: int, log_every: int, checkpoint_every: int, max_steps: int, ten_crop: bool,
-         resume: bool, note: str, progress: bool) -> None:
+         init: str, sgd: str, lrn: str, mean: str | None, devices: str | None, precision: str,
+         channels_last: bool, compile_: bool, seed: int, log_every: int, checkpoint_every: int,
+         max_steps: int, ten_crop: bool, resume: bool, note: str, progress: bool) -> None:
     """Train AlexNet as in Krizhevsky et al. (2012), §5: SGD, batch 128, momentum 0.9, weight decay
     5e-4, lr 0.01 divided by 10 when the validation error stops improving, 90 epochs.
 
@@ -109,7 +121,8 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
     cfg = TrainConfig(shards=shards, out=out, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                       weight_decay=weight_decay, lr_policy=lr_policy, lr_patience=lr_patience,
                       lr_threshold=lr_threshold, lr_drops=lr_drops, lr_milestones=_milestones(lr_milestones),
-                      init=init, lrn=lrn, mean=mean or "", devices=_devices(devices), precision=precision,
+                      init=init, sgd=sgd, lrn=lrn, mean=mean or "", devices=_devices(devices),
+                      precision=precision,
                       channels_last=channels_last, compile=compile_, seed=seed, log_every=log_every,
                       checkpoint_every=checkpoint_every, max_steps=max_steps, ten_crop=ten_crop,
                       resume=resume, note=note, progress=progress)

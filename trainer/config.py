@@ -13,6 +13,7 @@ from typing import Any
 
 import paper
 from trainer.model import INITS, LRN_VARIANTS
+from trainer.optim import SGD_VARIANTS  # noqa: F401  (re-exported for the CLI)
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 MEAN_MODES = ("image", "channel")  # pipeline.stats.MEAN_MODES (not imported: keeps DALI out of the CLI)
@@ -34,6 +35,7 @@ class TrainConfig:
     weight_decay: float = paper.WEIGHT_DECAY
     # §5 divides the lr by 10 "when the validation error rate stopped improving", three times.
     # "plateau" is that rule; the paper gives no patience, so patience/threshold are ours.
+    sgd: str = "paper"  # §5's update rule exactly (trainer/optim.py), or "torch": torch.optim.SGD
     lr_policy: str = "plateau"
     lr_patience: int = 3  # epochs without improvement of val top-1 error before a drop (not in the paper)
     lr_threshold: float = 1e-3  # absolute fall in val top-1 error that counts as improving (not in the paper)
@@ -78,7 +80,8 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         for name, allowed in (("precision", PRECISIONS), ("lr_policy", LR_POLICIES),
-                              ("init", INITS), ("lrn", LRN_VARIANTS), ("mean", MEAN_MODES)):
+                              ("init", INITS), ("lrn", LRN_VARIANTS), ("mean", MEAN_MODES),
+                              ("sgd", SGD_VARIANTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{flag(name)} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
@@ -115,7 +118,7 @@ class TrainConfig:
 # A resumed run must agree with the interrupted one on these, or it would not be the same run.
 # epochs, max_steps, log/checkpoint intervals, devices, precision and compile may change.
 RESUME_MUST_MATCH = ("batch_size", "lr", "momentum", "weight_decay", "lr_policy", "lr_patience",
-                     "lr_threshold", "lr_drops", "lr_milestones", "init", "lrn", "mean", "seed")
+                     "lr_threshold", "lr_drops", "lr_milestones", "init", "lrn", "mean", "seed", "sgd")
 
 # Why an option can differ from the paper's default; alexnet-report prints these next to the value.
 REASONS = {
@@ -128,6 +131,7 @@ REASONS = {
     "lr_drops": "number of lr drops differs from §5's three",
     "init": "paper init needs many epochs before the loss moves; kaiming for short demos",
     "lrn": "LRN alpha divided by n, as in the released cuda-convnet",
+    "sgd": "torch.optim.SGD: same steps as §5's rule at constant lr, not right after an lr drop",
     "mean": "per-channel standardised input, the unit variance He (kaiming) init assumes",
     "precision": "bf16 autocast or strict fp32 instead of the default TF32 arithmetic (storage is fp32)",
     "ten_crop": "final 10-crop evaluation (§6) skipped",

@@ -38,7 +38,7 @@ from pipeline.errors import PipelineError
 from pipeline.loader import PAD_LABEL
 from tools import atomic
 from tools import manifest as manifest_lib
-from trainer import checkpoint, distributed, metrics
+from trainer import checkpoint, distributed, metrics, optim
 from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag
 from trainer.evaluate import evaluate
 from trainer.model import AlexNet
@@ -206,12 +206,9 @@ def build_model(cfg: TrainConfig, num_classes: int, devices: tuple[str, ...]) ->
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # §5 writes v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v. PyTorch keeps eps outside the
-    # velocity (v <- 0.9 v + grad + 0.0005 w; w <- w - eps v): the same steps while eps is constant;
-    # after an lr drop the old velocity is applied at the new rate. Weight decay covers every
-    # parameter, biases included: §5's rule names no exception.
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
+    # Weight decay covers every parameter, biases included: §5's rule names no exception.
+    return optim.make(cfg.sgd, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                      weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:

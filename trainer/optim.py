@@ -1,0 +1,58 @@
+"""§5's update rule, exactly:
+
+    v <- 0.9 v - 0.0005 * eps * w - eps * <dL/dw>
+    w <- w + v
+
+torch.optim.SGD keeps the learning rate eps outside the velocity (v <- 0.9 v + g + 0.0005 w;
+w <- w - eps v). The two take identical steps while eps is constant, but after each of §5's lr
+drops PyTorch applies the velocity accumulated at the old rate at the new one (a 10x smaller first
+step), where the paper's velocity still carries the old rate and decays it over ~10 steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+SGD_VARIANTS = ("paper", "torch")
+
+
+class PaperSGD(Optimizer):
+    def __init__(self, params: Iterable[Tensor], lr: float, momentum: float, weight_decay: float) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - the Optimizer.step signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            velocity = []
+            for p in params:
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                velocity.append(state["velocity"])
+            lr = group["lr"]
+            # foreach kernels: one launch per operation for all parameters, not one per tensor
+            torch._foreach_mul_(velocity, group["momentum"])
+            torch._foreach_add_(velocity, params, alpha=-group["weight_decay"] * lr)
+            torch._foreach_add_(velocity, [p.grad for p in params], alpha=-lr)
+            torch._foreach_add_(params, velocity)
+        return loss
+
+
+def make(variant: str, params: Iterable[Tensor], lr: float, momentum: float,
+         weight_decay: float) -> Optimizer:
+    if variant == "paper":
+        return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if variant == "torch":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"sgd must be one of {SGD_VARIANTS}, got {variant!r}")
