@@ -2,6 +2,7 @@
 
     python -m pipeline.bench                          # CPU, temporary photo-like shards
     python -m pipeline.bench --shards shards/ --device gpu --batches 200
+    python -m pipeline.bench --shards sample/ --device gpu --copies 25 --baseline-batches 32 --json out/p.json
 
 In one run, on the same shards, batch size and augmentations (random crop, flip, PCA lighting,
 mean subtraction, output dtype):
@@ -11,10 +12,18 @@ mean subtraction, output dtype):
 (b) `pipeline.train_loader`: DALI decode, crop + mirror + normalise + lighting + cast fused in
     crop_mirror_normalize (pipeline/graph.py).
 
-Each is warmed up, then timed over several passes of `--batches` batches; the median images/s of
-the passes is reported, with every pass shown (the CPU boxes are shared and noisy). (a) and (b)
-take turns for `--rounds` rounds; (a)'s workers exit before (b) is timed, so the two never compete
-for the cores, and (b)'s DALI threads only refill their 2 prefetched batches while (a) runs.
+Each is warmed up, then timed over several passes of `--batches` batches (`--baseline-batches` for
+(a), which is 10x or more slower on a GPU box); the median images/s of the passes is reported, with
+every pass shown (the CPU boxes are shared and noisy). (a) warms up for at least its workers x
+PREFETCH_FACTOR batches: that many can sit ready in the DataLoader's queue, and timing them would
+count images made before the clock started. (a) and (b) take turns for `--rounds` rounds; (a)'s
+workers exit before (b) is timed, so the two never compete for the cores, and (b)'s DALI threads
+only refill their 2 prefetched batches while (a) runs. `--json PATH` also writes every figure.
+
+Our loader builds one DALI pipeline per epoch (~0.15 s of CPU here, measured on 3,200 images). An
+ImageNet epoch of 10,000 batches hides that; a small sample's 25-batch epoch would not, and the
+figure would be the rebuilds'. `--copies N` reads each train shard N times per epoch (symlinks in a
+temporary folder), so that the timed passes of (b) stay inside one epoch, as on ImageNet.
 
 Without `--shards`, a photo-like set is made once with the prep tools (1280 `alexnet-prep sample`
 images, shorter side resized to 256 and re-encoded exactly as for ImageNet, with pca.json and
@@ -33,6 +42,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import click
 import numpy as np
@@ -42,6 +52,7 @@ from paper import CROP_SIZE, FLIP_PROBABILITY, LIGHTING_STD, STORED_SIZE
 from pipeline.settings import default_dtype, default_threads
 from pipeline.stats import LIGHTING_MODES, Stats, lighting_matrix, load
 from pipeline.train import train_loader
+from tools import atomic
 
 SAMPLE_CLASSES = 8  # temporary set: 8 classes x 160 = 1280 distinct training images
 SAMPLE_PER_CLASS = 160
@@ -50,6 +61,7 @@ SAMPLE_SHARD_SIZE = 160  # 8 shards: every DataLoader worker gets shards to read
 # pipeline per epoch (~0.2 s of CPU here), which 10-batch epochs would overstate ~10x against
 # ImageNet's 10,000 batches per epoch; (a) streams endlessly and does not care.
 SAMPLE_COPIES = 8
+PREFETCH_FACTOR = 2  # batches each DataLoader worker of (a) may hold ready
 
 
 def machine() -> str:
@@ -93,6 +105,26 @@ def sample_shards() -> str:
         for name in ("pca.json", "mean.npy"):  # last: their presence marks the folder complete
             os.link(os.path.join(out, name), os.path.join(linked, name))
     return linked
+
+
+@contextmanager
+def repeated(shards: str, copies: int) -> Iterator[str]:
+    """`shards` with every train shard listed `copies` times: the same samples, an epoch `copies` times
+    longer (see module doc). Symlinks in a temporary folder, removed on exit; no manifest.json there,
+    so the loader does not check the shard list against it. copies=1: `shards` itself."""
+    if copies == 1:
+        yield shards
+        return
+    tars = sorted(glob.glob(os.path.join(glob.escape(shards), "train-*.tar")))
+    with tempfile.TemporaryDirectory(prefix="alexnet-bench-copies-") as tmp:
+        for copy, (i, tar) in itertools.product(range(copies), enumerate(tars)):
+            name = f"train-{copy * len(tars) + i:06d}"
+            for ext in (".tar", ".idx"):
+                os.symlink(os.path.abspath(tar[: -len(".tar")] + ext), os.path.join(tmp, name + ext))
+        for name in ("pca.json", "mean.npy"):
+            if os.path.exists(os.path.join(shards, name)):
+                os.symlink(os.path.abspath(os.path.join(shards, name)), os.path.join(tmp, name))
+        yield tmp
 
 
 class HandWritten:
@@ -150,7 +182,7 @@ def hand_written(shards: str, batch_size: int, mean: str, lighting: str | bool, 
     transform = HandWritten(load(shards, mean_image=mean == "image"), mean, lighting, getattr(torch, dtype))
     loader = torch.utils.data.DataLoader(
         _Stream(urls, transform, batch_size), batch_size=None, num_workers=workers, persistent_workers=True,
-        prefetch_factor=2, pin_memory=device == "gpu", worker_init_fn=_worker_seed)
+        prefetch_factor=PREFETCH_FACTOR, pin_memory=device == "gpu", worker_init_fn=_worker_seed)
     it = iter(loader)
 
     def batches() -> Iterator:
@@ -196,6 +228,8 @@ def timed(batches: Iterator, n: int, passes: int, warmup: int, device: str) -> l
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--batches", type=click.IntRange(1), default=10, show_default=True,
               help="Batches per timed pass.")
+@click.option("--baseline-batches", type=click.IntRange(1), default=None,
+              help="Batches per timed pass of (a) [default: --batches].")
 @click.option("--passes", type=click.IntRange(1), default=5, show_default=True,
               help="Timed passes per loader.")
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True,
@@ -206,30 +240,50 @@ def timed(batches: Iterator, n: int, passes: int, warmup: int, device: str) -> l
               help="Output dtype of both loaders [default: the loaders', float16 on gpu, float32 on cpu].")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="DataLoader workers of (a) [default: cores].")
+@click.option("--copies", type=click.IntRange(1), default=1, show_default=True,
+              help="Read each train shard this many times per epoch (see the module doc).")
 @click.option("--rounds", type=click.IntRange(1), default=2, show_default=True,
               help="Alternate (a) and (b) this many times, so both see the machine's load changes.")
-def command(shards: str | None, batch_size: int, device: str, batches: int, passes: int, warmup: int,
-            mean: str, lighting: str, dtype: str, workers: int | None, rounds: int) -> None:
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the figures (machine, settings, every pass, medians, ratio) to this file.")
+def command(shards: str | None, batch_size: int, device: str, batches: int, baseline_batches: int | None,
+            passes: int, warmup: int, mean: str, lighting: str, dtype: str, workers: int | None, copies: int,
+            rounds: int, json_path: str | None) -> None:
     """Images/s of a hand-written webdataset + Pillow DataLoader and of our DALI loader, same work."""
     if device == "gpu" and not torch.cuda.is_available():
         raise click.UsageError("--device gpu: CUDA is not available on this machine")
+    if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
+        raise click.UsageError(f"--json: the folder of {json_path} does not exist")
     shards = shards or sample_shards()
+    if not glob.glob(os.path.join(glob.escape(shards), "train-*.tar")):
+        raise click.UsageError(f"--shards: {shards} holds no train-*.tar")
     dtype = dtype or default_dtype(device)
     light: str | bool = False if lighting == "off" else lighting
     workers = workers or default_threads("cpu")
-    click.echo(f"machine: {machine()}")
+    baseline_batches = baseline_batches or batches
+    a_warmup = max(warmup, workers * PREFETCH_FACTOR)  # drain (a)'s ready queue first (module doc)
+    host = machine()
+    load_before = os.getloadavg()[0]
+    click.echo(f"machine: {host}")
     click.echo(f"shards: {shards}; batch {batch_size}, {device}, mean={mean}, lighting={lighting}, {dtype}; "
                f"{rounds} rounds of {passes} passes of {batches} batches, each after {warmup} warm-up")
-    click.echo(f"load average before: {os.getloadavg()[0]:.2f}")
+    if (baseline_batches, a_warmup) != (batches, warmup):
+        click.echo(f"(a): passes of {baseline_batches} batches, each after {a_warmup} warm-up")
+    if copies > 1:
+        click.echo(f"each train shard read {copies} times per epoch")
+    click.echo(f"load average before: {load_before:.2f}")
 
     a, b = [], []
-    b_stream = ours(shards, batch_size, mean, light, dtype, device)
-    for _ in range(rounds):
-        stream, stop = hand_written(shards, batch_size, mean, light, dtype, device, workers)
-        a += timed(stream, batches, passes, warmup, device)
-        stop()  # its workers exit: nothing of (a) runs while (b) is timed
-        b += timed(b_stream, batches, passes, warmup, device)
-    click.echo(f"load average after: {os.getloadavg()[0]:.2f} (other processes on the box skew both)")
+    with repeated(shards, copies) as folder:
+        b_stream = ours(folder, batch_size, mean, light, dtype, device)
+        for _ in range(rounds):
+            stream, stop = hand_written(folder, batch_size, mean, light, dtype, device, workers)
+            a += timed(stream, baseline_batches, passes, a_warmup, device)
+            stop()  # its workers exit: nothing of (a) runs while (b) is timed
+            b += timed(b_stream, batches, passes, warmup, device)
+        b_stream.close()  # (b)'s pipeline goes before its folder
+    load_after = os.getloadavg()[0]
+    click.echo(f"load average after: {load_after:.2f} (other processes on the box skew both)")
 
     ra, rb = statistics.median(a), statistics.median(b)
     click.echo(f"(a) webdataset + Pillow + NumPy, DataLoader({workers} workers): {ra:8.0f} images/s  "
@@ -237,6 +291,19 @@ def command(shards: str | None, batch_size: int, device: str, batches: int, pass
     click.echo(f"(b) pipeline.train_loader (DALI {device}):{' ' * (22 - len(device))}{rb:8.0f} images/s  "
                f"(passes: {', '.join(f'{r:.0f}' for r in b)})")
     click.echo(f"ratio (b)/(a): {rb / ra:.2f}x")
+    if json_path:
+        atomic.write_json(json_path, {
+            "bench": "pipeline", "machine": host, "device": device, "shards": shards,
+            "settings": {"batch_size": batch_size, "batches": batches, "baseline_batches": baseline_batches,
+                         "passes": passes, "rounds": rounds, "copies": copies, "warmup": warmup,
+                         "baseline_warmup": a_warmup, "mean": mean, "lighting": lighting, "dtype": dtype,
+                         "workers": workers},
+            "load_average": {"before": load_before, "after": load_after},
+            "hand_written": {"loader": f"webdataset + Pillow + NumPy, DataLoader({workers} workers)",
+                             "images_per_s": ra, "passes": a},
+            "ours": {"loader": f"pipeline.train_loader (DALI {device})", "images_per_s": rb, "passes": b},
+            "ratio": rb / ra})
+        click.echo(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

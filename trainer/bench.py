@@ -3,15 +3,21 @@
     alexnet-bench train --shards shards/                          # GPU: batch 128, 50 steps each
     alexnet-bench train --shards shards/ --precision bf16 --devices cuda:0
     alexnet-bench train --shards shards/ --devices cpu            # CPU: batch 16, 5 steps, ~1-2 minutes
+    python -m trainer.bench --shards sample/ --precision bf16 --copies 5 --json out/train-bf16.json
 
 Both measurements run the same train step (forward, loss, backward, SGD) in one process, so their
 ratio is the cost of the input: synthetic input is the ceiling, and the data-wait share says how
 much of the pipeline run went to waiting for the next batch. Not a test: numbers vary run to run.
+`--json PATH` also writes the figures, with the machine and settings they were measured with.
+`--copies N` reads each train shard N times per epoch, so that a small sample's epoch outlasts the
+timed steps as ImageNet's does (why: `alexnet-bench pipeline --help`, pipeline/bench.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
 import time
 from typing import Any
 
@@ -74,11 +80,18 @@ def measure(model: Any, optimizer: Any, batches: Any, steps: int, devices: tuple
 @click.option("--steps", type=int, default=None,
               help=f"Timed steps [default: {GPU_STEPS} on a GPU, {CPU_STEPS} on the CPU]")
 @click.option("--init", default="kaiming", help="Weight init (does not change speed).")
+@click.option("--copies", type=click.IntRange(1), default=1,
+              help="Pipeline run: read each train shard this many times per epoch.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the figures (machine, settings, images/s, data wait, ratio) to this file.")
 def command(shards: str | None, devices: str | None, precision: str, channels_last: bool,
-            batch_size: int | None, steps: int | None, init: str) -> None:
+            batch_size: int | None, steps: int | None, init: str, copies: int, json_path: str | None) -> None:
     """Training throughput: synthetic on-device input vs the real pipeline, and the data-wait share."""
+    if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
+        raise click.UsageError(f"--json: the folder of {json_path} does not exist")
     import torch
 
+    from tools import atomic
     from trainer import distributed, train
     from trainer.config import ConfigError, TrainConfig
     from trainer.metrics import machine
@@ -109,19 +122,43 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
     synthetic = itertools.repeat((images, labels))
     rows.append(("synthetic", measure(model, optimizer, synthetic, steps, devs, autocast, channels_last)))
+    batches_per_epoch = None
     if shards:
-        loader, _ = train.load_data(cfg, world, devs)
-        # Epochs back to back, as in training.
-        batches = itertools.chain.from_iterable(loader.epoch(e) for e in itertools.count())
-        rows.append(("pipeline", measure(model, optimizer, batches, steps, devs, autocast, channels_last)))
+        from pipeline.bench import repeated
+
+        with repeated(shards, copies) as folder:
+            loader, _ = train.load_data(dataclasses.replace(cfg, shards=folder), world, devs)
+            batches_per_epoch = len(loader)
+            # Epochs back to back, as in training.
+            batches = itertools.chain.from_iterable(loader.epoch(e) for e in itertools.count())
+            rows.append(("pipeline",
+                         measure(model, optimizer, batches, steps, devs, autocast, channels_last)))
+            del batches, loader  # its DALI pipelines go before their folder
 
     m = machine()
     hw = ", ".join(m["gpus"]) if on_gpu else f"{m['cpu']} ({m['cpus']} cores)"
-    click.echo(f"machine: {m['host']}: {hw}; torch {m['torch']}")
+    host = f"{m['host']}: {hw}; torch {m['torch']}"
+    click.echo(f"machine: {host}")
     click.echo(f"device: {','.join(devs)}; precision {precision}; channels-last {channels_last}; "
                f"batch {batch_size}; {steps} timed steps after {WARMUP} warm-up")
+    if batches_per_epoch is not None and copies > 1:
+        click.echo(f"pipeline: each train shard read {copies} times per epoch ({batches_per_epoch} batches)")
     click.echo(f"{'input':<10} {'images/s':>10} {'data wait':>10}")
     for name, r in rows:
         click.echo(f"{name:<10} {r['images_per_s']:>10.1f} {100 * r['data_wait']:>9.1f}%")
-    if len(rows) == 2:
-        click.echo(f"pipeline / synthetic: {rows[1][1]['images_per_s'] / rows[0][1]['images_per_s']:.2f}")
+    ratio = rows[1][1]["images_per_s"] / rows[0][1]["images_per_s"] if len(rows) == 2 else None
+    if ratio is not None:
+        click.echo(f"pipeline / synthetic: {ratio:.2f}")
+    if json_path:
+        atomic.write_json(json_path, {
+            "bench": "train", "machine": host, "machine_info": m, "device": ",".join(devs),
+            "shards": shards,
+            "settings": {"precision": precision, "channels_last": channels_last, "batch_size": batch_size,
+                         "steps": steps, "warmup": WARMUP, "init": init, "num_classes": num_classes,
+                         "copies": copies, "batches_per_epoch": batches_per_epoch},
+            "pipeline": None, **dict(rows), "pipeline_over_synthetic": ratio})
+        click.echo(f"wrote {json_path}")
+
+
+if __name__ == "__main__":
+    command()

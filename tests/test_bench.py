@@ -1,0 +1,102 @@
+"""`alexnet-bench pipeline` and `alexnet-bench train`: their --json figures, --copies, and the checks
+made before any work. Tiny sizes on the CPU (batches of 2-4, one or two timed steps): the figures
+themselves mean nothing here, only their shape."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pipeline.bench import command as pipeline_bench
+from pipeline.bench import repeated
+from tests.conftest import SAMPLE
+from trainer.bench import command as train_bench
+
+
+def test_repeated_lists_every_train_shard_copies_times(pipeline_shards: tuple[Path, dict]) -> None:
+    root, _ = pipeline_shards
+    tars = sorted(root.glob("train-*.tar"))
+    with repeated(str(root), 1) as same:
+        assert same == str(root)
+    with repeated(str(root), 3) as folder:
+        linked = sorted(Path(folder).glob("train-*.tar"))
+        assert len(linked) == 3 * len(tars)
+        assert [p.resolve() for p in linked] == [t.resolve() for t in tars] * 3
+        assert sorted(p.name for p in Path(folder).glob("*.idx")) == [p.stem + ".idx" for p in linked]
+        assert (Path(folder) / "pca.json").exists() and (Path(folder) / "mean.npy").exists()
+        assert not (Path(folder) / "manifest.json").exists()
+    assert not os.path.exists(folder)
+
+
+def test_pipeline_bench_writes_json(pipeline_shards: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = pipeline_shards
+    out = tmp_path / "pipeline.json"
+    result = CliRunner().invoke(pipeline_bench, [
+        "--shards", str(root), "--batch-size", "4", "--batches", "2", "--baseline-batches", "1",
+        "--passes", "2", "--rounds", "1", "--warmup", "0", "--workers", "1", "--copies", "2",
+        "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    for line in ("machine: ", "(a) webdataset + Pillow + NumPy, DataLoader(1 workers):",
+                 "(b) pipeline.train_loader (DALI cpu):", "ratio (b)/(a): "):
+        assert line in result.output
+    figures = json.loads(out.read_text())
+    assert figures["bench"] == "pipeline" and figures["device"] == "cpu" and figures["shards"] == str(root)
+    assert figures["machine"] in result.output
+    settings = figures["settings"]
+    assert [settings[k] for k in ("batch_size", "batches", "baseline_batches", "copies")] == [4, 2, 1, 2]
+    assert settings["baseline_warmup"] == 2  # one worker's ready queue: PREFETCH_FACTOR batches
+    a, b = figures["hand_written"], figures["ours"]
+    assert len(a["passes"]) == len(b["passes"]) == 2
+    assert a["images_per_s"] == statistics.median(a["passes"]) > 0
+    assert b["images_per_s"] == statistics.median(b["passes"]) > 0
+    assert figures["ratio"] == b["images_per_s"] / a["images_per_s"] > 0
+
+
+def test_pipeline_bench_checks_before_work(pipeline_shards: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = pipeline_shards
+    result = CliRunner().invoke(pipeline_bench,
+                                ["--shards", str(root), "--json", str(tmp_path / "no" / "p.json")])
+    assert result.exit_code == 2 and "--json: the folder of" in result.output
+    result = CliRunner().invoke(pipeline_bench, ["--shards", str(tmp_path)])
+    assert result.exit_code == 2 and "holds no train-*.tar" in result.output
+
+
+def test_train_bench_writes_json(sample_shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    result = CliRunner().invoke(train_bench, [
+        "--shards", str(sample_shards), "--devices", "cpu", "--precision", "fp32", "--batch-size", "2",
+        "--steps", "1", "--copies", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "pipeline / synthetic: " in result.output and "2 times per epoch" in result.output
+    figures = json.loads(out.read_text())
+    assert figures["bench"] == "train" and figures["device"] == "cpu" and figures["machine"] in result.output
+    train_images = SAMPLE["classes"] * SAMPLE["train_per_class"] - 1  # one truncated JPEG is skipped
+    assert figures["settings"] == {
+        "precision": "fp32", "channels_last": True, "batch_size": 2, "steps": 1, "warmup": 3,
+        "init": "kaiming", "num_classes": SAMPLE["classes"], "copies": 2,
+        "batches_per_epoch": math.ceil(2 * train_images / 2)}
+    for kind in ("synthetic", "pipeline"):
+        assert figures[kind]["images"] == 2 and figures[kind]["images_per_s"] > 0
+        assert 0 <= figures[kind]["data_wait"] < 1
+    assert figures["pipeline_over_synthetic"] == (figures["pipeline"]["images_per_s"]
+                                                  / figures["synthetic"]["images_per_s"])
+
+
+def test_train_bench_without_shards_is_synthetic_only(tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    result = CliRunner().invoke(train_bench, ["--devices", "cpu", "--precision", "fp32", "--batch-size", "1",
+                                              "--steps", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert figures["pipeline"] is None and figures["pipeline_over_synthetic"] is None
+    assert figures["synthetic"]["images"] == 1 and figures["settings"]["batches_per_epoch"] is None
+
+
+def test_train_bench_checks_json_folder_first(tmp_path: Path) -> None:
+    result = CliRunner().invoke(train_bench, ["--devices", "cpu", "--json", str(tmp_path / "no" / "t.json")])
+    assert result.exit_code == 2 and "--json: the folder of" in result.output
