@@ -6,6 +6,7 @@ half-written file under the final name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -22,6 +23,25 @@ def temp_name(path: str) -> str:
     head, tail = path.rsplit("/", 1) if "/" in path else ("", path)
     name = f".{tail}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     return f"{head}/{name}" if head else name
+
+
+class HashingWriter:
+    """Forwards writes to a file while hashing them, so a sha256 of what was written needs no
+    second read. Has what tarfile and torch.save ask of a file they write: write, tell, flush."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 @contextmanager

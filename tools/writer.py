@@ -8,13 +8,12 @@ written under a temp name and renamed; its index, pixel sums and finally its com
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -53,21 +52,6 @@ def plan_shards(refs: Sequence[SourceRef], split: str, shard_size: int, seed: in
         ShardPlan(split, n, tuple(ordered[start : start + shard_size]))
         for n, start in enumerate(range(0, len(ordered), shard_size))
     ]
-
-
-class _HashingWriter:
-    """Forwards writes to a file while hashing them, so the sha256 costs no second read."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.f.write(data)
-
-    def tell(self) -> int:
-        return self.size
 
 
 def sample_dict(key: str, jpeg: bytes, label: int, meta: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +127,7 @@ def write_shard(
     skipped: list[dict[str, str]] = []
     written = 0
     with atomic.atomic_write(tar_url) as f:
-        hashing = _HashingWriter(f)
+        hashing = atomic.HashingWriter(f)
         with wds.TarWriter(hashing, mtime=TAR_MTIME, encoder=False) as tar:
             for ref in plan.refs:
                 try:

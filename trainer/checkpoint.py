@@ -23,7 +23,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,21 +39,6 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or a file that is not a valid checkpoint."""
 
 
-class _HashingWriter:
-    """Passes torch.save's writes through while hashing them, so the file is read only once."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
-
-    def write(self, b: bytes) -> int:
-        self.sha.update(b)
-        self.bytes += len(b)
-        return self.f.write(b)
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
 def folder(run_dir: str | Path) -> Path:
     return Path(run_dir) / DIRNAME
 
@@ -65,9 +50,9 @@ def save(run_dir: str | Path, state: dict[str, Any], step: int, epoch: int, batc
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"step-{step:08d}.pt"
     with atomic.atomic_write(str(path)) as f:
-        w = _HashingWriter(f)
+        w = atomic.HashingWriter(f)
         torch.save(state, w)
-    meta = {"step": step, "epoch": epoch, "batch": batch, "sha256": w.sha.hexdigest(), "bytes": w.bytes,
+    meta = {"step": step, "epoch": epoch, "batch": batch, "sha256": w.sha.hexdigest(), "bytes": w.size,
             "time": time.time()}
     atomic.write_json(str(path.with_suffix(".json")), meta)
     for old in complete(run_dir)[keep:]:
