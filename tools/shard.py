@@ -49,7 +49,8 @@ class ShardSettings:
     def validate(self) -> None:
         bad = [s for s in self.splits if s not in SPLITS]
         if bad or not self.splits:
-            raise ShardError(f"--split: unknown split {bad or self.splits}; choose from {','.join(SPLITS)}")
+            named = ",".join(bad) or "(none)"
+            raise ShardError(f"--split: unknown split {named}; choose from {','.join(SPLITS)}")
         if self.shard_size < 1:
             raise ShardError(f"--shard-size must be >= 1, got {self.shard_size}")
         if not 1 <= self.quality <= 100:
