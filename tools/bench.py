@@ -13,6 +13,7 @@ import io
 import os
 import platform
 import statistics
+import tarfile
 import tempfile
 import time
 from typing import Any
@@ -77,7 +78,7 @@ def _write_folders(root: str, images: list[tuple[str, bytes]]) -> None:
 
 
 def run(n: int = 200, repeats: int = 3, workers: int | None = None, quality: int = 90) -> dict[str, Any]:
-    from tools.resize import decode_stored
+    from tools.resize import decode_rgb, decode_stored, encode_jpeg, resize_center
     from tools.shard import ShardSettings
     from tools.shard import run as shard_run
 
@@ -100,8 +101,6 @@ def run(n: int = 200, repeats: int = 3, workers: int | None = None, quality: int
                 shard_run(settings, log=lambda _: None)
                 results[f"ours_{w}"].append(n / (time.perf_counter() - t))
                 ours_out[w] = out
-        import tarfile
-
         stored = {}
         for name in sorted(os.listdir(ours_out[1])):
             if name.endswith(".tar"):
@@ -112,8 +111,6 @@ def run(n: int = 200, repeats: int = 3, workers: int | None = None, quality: int
     quality_table = []
     sample = images[: min(len(images), 30)]
     for q in (75, 85, 90, 95):
-        from tools.resize import decode_rgb, encode_jpeg, resize_center
-
         sizes, scores = [], []
         for _, data in sample:
             exact = np.asarray(resize_center(decode_rgb(data)[0]))
