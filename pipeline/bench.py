@@ -25,6 +25,10 @@ ImageNet epoch of 10,000 batches hides that; a small sample's 25-batch epoch wou
 figure would be the rebuilds'. `--copies N` reads each train shard N times per epoch (symlinks in a
 temporary folder), so that the timed passes of (b) stay inside one epoch, as on ImageNet.
 
+`--fast-upsampling` (GPU only) decodes with nvJPEG's default chroma upsampling instead of the
+loaders' fancy upsampling (the CPU decoder's pixels, pipeline/graph.py): (b) with and without it,
+same shards and settings, is what matching the CPU's pixels costs. That measurement needs a GPU.
+
 Without `--shards`, a photo-like set is made once with the prep tools (1280 `alexnet-prep sample`
 images, shorter side resized to 256 and re-encoded exactly as for ImageNet, with pca.json and
 mean.npy), its shards hard-linked 8 times over (80 batches per epoch, see SAMPLE_COPIES), and
@@ -194,9 +198,10 @@ def hand_written(shards: str, batch_size: int, mean: str, lighting: str | bool, 
     return batches(), lambda: it._shutdown_workers()
 
 
-def ours(shards: str, batch_size: int, mean: str, lighting: str | bool, dtype: str, device: str) -> Iterator:
+def ours(shards: str, batch_size: int, mean: str, lighting: str | bool, dtype: str, device: str,
+         fancy_upsampling: bool = True) -> Iterator:
     loader = train_loader(shards, batch_size=batch_size, device=device, mean=mean, lighting=lighting,
-                          dtype=dtype)
+                          dtype=dtype, fancy_upsampling=fancy_upsampling)
     for epoch in itertools.count():
         yield from loader.epoch(epoch)
 
@@ -244,14 +249,19 @@ def timed(batches: Iterator, n: int, passes: int, warmup: int, device: str) -> l
               help="Read each train shard this many times per epoch (see the module doc).")
 @click.option("--rounds", type=click.IntRange(1), default=2, show_default=True,
               help="Alternate (a) and (b) this many times, so both see the machine's load changes.")
+@click.option("--fast-upsampling", is_flag=True,
+              help="GPU only: (b) decodes with nvJPEG's default chroma upsampling, not the CPU decoder's "
+              "fancy upsampling; compare with a run without it to measure that option's cost.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures (machine, settings, every pass, medians, ratio) to this file.")
 def command(shards: str | None, batch_size: int, device: str, batches: int, baseline_batches: int | None,
             passes: int, warmup: int, mean: str, lighting: str, dtype: str, workers: int | None, copies: int,
-            rounds: int, json_path: str | None) -> None:
+            rounds: int, fast_upsampling: bool, json_path: str | None) -> None:
     """Images/s of a hand-written webdataset + Pillow DataLoader and of our DALI loader, same work."""
     if device == "gpu" and not torch.cuda.is_available():
         raise click.UsageError("--device gpu: CUDA is not available on this machine")
+    if fast_upsampling and device != "gpu":
+        raise click.UsageError("--fast-upsampling applies to the GPU decoder only (use --device gpu)")
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise click.UsageError(f"--json: the folder of {json_path} does not exist")
     shards = shards or sample_shards()
@@ -271,11 +281,13 @@ def command(shards: str | None, batch_size: int, device: str, batches: int, base
         click.echo(f"(a): passes of {baseline_batches} batches, each after {a_warmup} warm-up")
     if copies > 1:
         click.echo(f"each train shard read {copies} times per epoch")
+    if fast_upsampling:
+        click.echo("(b): nvJPEG's default chroma upsampling (--fast-upsampling), not the CPU's pixels")
     click.echo(f"load average before: {load_before:.2f}")
 
     a, b = [], []
     with repeated(shards, copies) as folder:
-        b_stream = ours(folder, batch_size, mean, light, dtype, device)
+        b_stream = ours(folder, batch_size, mean, light, dtype, device, fancy_upsampling=not fast_upsampling)
         for _ in range(rounds):
             stream, stop = hand_written(folder, batch_size, mean, light, dtype, device, workers)
             a += timed(stream, baseline_batches, passes, a_warmup, device)
@@ -297,7 +309,7 @@ def command(shards: str | None, batch_size: int, device: str, batches: int, base
             "settings": {"batch_size": batch_size, "batches": batches, "baseline_batches": baseline_batches,
                          "passes": passes, "rounds": rounds, "copies": copies, "warmup": warmup,
                          "baseline_warmup": a_warmup, "mean": mean, "lighting": lighting, "dtype": dtype,
-                         "workers": workers},
+                         "workers": workers, "fancy_upsampling": not fast_upsampling},
             "load_average": {"before": load_before, "after": load_after},
             "hand_written": {"loader": f"webdataset + Pillow + NumPy, DataLoader({workers} workers)",
                              "images_per_s": ra, "passes": a},

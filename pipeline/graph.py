@@ -35,6 +35,15 @@ DTYPES = ("float32", "float16", "bfloat16")
 # Share of each batch for the hardware JPEG engines (DALI's default 0.65 is tuned for the A100's
 # five; the H100 has seven). Not yet tuned on an H100: `pipeline.bench --device gpu` measures it.
 HW_DECODER_LOAD = 0.75
+# nvJPEG's per-thread buffer paddings (bytes), sized for the stored 256x256 images. nvJPEG allocates
+# need + padding when a buffer grows, and DALI preallocates one device and two pinned buffers of the
+# padding per decoder thread. One 256x256 image needs at most 384 KiB of int16 DCT coefficients (4:4:4;
+# our 4:2:0 images half that) in the pinned buffer and those plus 192 KiB of decoded planes on the
+# device, so 1 MiB covers any 256x256 JPEG without a reallocation. DALI's ResNet-50 example uses 211 MB
+# and 140 MB, sized for full-size ImageNet photos: 1.6 GiB of device and 2.1 GiB of pinned memory
+# per pipeline at 8 threads, for nothing here.
+DECODER_DEVICE_PADDING = 1 << 20
+DECODER_HOST_PADDING = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -84,21 +93,51 @@ def labels(label: DataNode, device: str) -> DataNode:
     return out.gpu() if device == "gpu" else out
 
 
-def decode(jpg: DataNode, device: str) -> DataNode:
-    """The whole stored image, uint8 HWC (see the module doc for why not only the crop)."""
-    if device == "gpu":
-        # nvJPEG via "mixed": the A100/H100 hardware JPEG engines take `hw_decoder_load` of each batch,
-        # the rest is Huffman-decoded on the CPU threads with the IDCT on the GPU. Paddings: DALI's
-        # ResNet-50 example values, so buffers are not reallocated when a larger image comes.
-        return fn.decoders.image(jpg, device="mixed", hw_decoder_load=HW_DECODER_LOAD,
-                                 device_memory_padding=211025920, host_memory_padding=140544512,
-                                 preallocate_width_hint=STORED_SIZE, preallocate_height_hint=STORED_SIZE)
-    return fn.decoders.image(jpg, device="cpu")
+def decoder_args(device: str, fancy_upsampling: bool = True) -> dict:
+    """The arguments `decode` gives `fn.decoders.image` (one place, so tests and the bench see them)."""
+    if device != "gpu":
+        # libjpeg-turbo: always fancy (triangle) chroma upsampling, the pixels pca.json/mean.npy describe
+        return dict(device="cpu")
+    return dict(
+        device="mixed",
+        # the A100/H100 hardware JPEG engines take this share of each batch; the rest is Huffman-decoded
+        # on the CPU threads with the IDCT on the GPU
+        hw_decoder_load=HW_DECODER_LOAD,
+        # nvJPEG upsamples 4:2:0 chroma by replication unless asked; libjpeg-turbo interpolates. Without
+        # this the GPU decode differs from the CPU decode (and from the statistics) by several levels
+        # per pixel on detailed images (tests/test_pipeline.py, gpu). Cost: `alexnet-bench pipeline
+        # --device gpu [--fast-upsampling]`.
+        jpeg_fancy_upsampling=fancy_upsampling,
+        device_memory_padding=DECODER_DEVICE_PADDING,
+        host_memory_padding=DECODER_HOST_PADDING,
+        preallocate_width_hint=STORED_SIZE,  # the hardware decoder's buffers, for a batch of stored images
+        preallocate_height_hint=STORED_SIZE,
+    )
 
 
-def dali_dtype(dtype: str) -> types.DALIDataType:
-    """What DALI writes: the requested dtype, except bfloat16, which DALI lacks (float32, then torch)."""
-    return types.FLOAT16 if dtype == "float16" else types.FLOAT
+def decode(jpg: DataNode, device: str, fancy_upsampling: bool = True) -> DataNode:
+    """The whole stored image, uint8 HWC (see the module doc for why not only the crop).
+
+    On the GPU: nvJPEG via "mixed" with `decoder_args`; `fancy_upsampling=False` only to measure it.
+    """
+    return fn.decoders.image(jpg, **decoder_args(device, fancy_upsampling))
+
+
+def decoder_memory(threads: int) -> tuple[int, int]:
+    """(device, pinned host) bytes the mixed decoder preallocates for `threads` threads, from DALI's
+    documentation of the paddings: one device buffer and two (double-buffered) pinned buffers of the
+    padding per thread. Computed, not measured."""
+    return threads * DECODER_DEVICE_PADDING, threads * 2 * DECODER_HOST_PADDING
+
+
+def dali_dtype(dtype: str, device: str) -> types.DALIDataType:
+    """What DALI writes for a requested dtype. DALI has no bfloat16: on the GPU it writes float16 (half
+    the bytes of float32; torch's cast to bfloat16 is also the loader's copy out of DALI's memory,
+    see loader.py), on the CPU float32 (DALI converts to half in software there, +0.4 ms per image,
+    and float32 -> bfloat16 rounds once: the CPU batches stay what they were)."""
+    if dtype == "float16" or (dtype == "bfloat16" and device == "gpu"):
+        return types.FLOAT16
+    return types.FLOAT
 
 
 def crop_positions(crop: int) -> tuple[DataNode, DataNode]:
@@ -166,7 +205,8 @@ def normalize(image: DataNode, look: Look, *, pos: tuple, mirror_flag: DataNode 
     after the subtraction flips the mean image with the sample.
     """
     crop_args = dict(crop=(look.crop, look.crop), crop_pos_x=pos[0], crop_pos_y=pos[1])
-    common = dict(output_layout=look.layout, mirror=mirror_flag, dtype=dali_dtype(look.dtype), **crop_args)
+    common = dict(output_layout=look.layout, mirror=mirror_flag, dtype=dali_dtype(look.dtype, image.device),
+                  **crop_args)
     if look.mean == "channel":
         mean = lighting if lighting is not None else look.stats.mean.tolist()
         return fn.crop_mirror_normalize(image, mean=mean, std=look.stats.std.tolist(), **common)

@@ -11,6 +11,18 @@ loop) keeps the order a pure function of the epoch number, whatever ran before; 
 `overlap_epochs` the next epoch's pipeline is built and started while this epoch's last batches
 are consumed, so the rebuild costs the trainer no wait.
 
+Lifetime of GPU batches. DALI frees an output buffer in the order of its own CUDA stream (its
+executor, exec2.cc `Outputs`, makes the consumer's stream wait for the outputs but leaves their
+order, the one they are freed in, on DALI's stream), so a
+zero-copy view handed to torch could be rewritten by a later DALI iteration while torch's stream,
+queued steps behind the host, has not read it yet: one batch's images with another's labels. On the
+GPU the loader therefore hands out torch-owned copies made on torch's current stream (the cast to
+the requested dtype is that copy) and keeps each batch's DALI outputs alive until a CUDA event
+recorded after the copy has completed (`Held`). Torch's caching allocator then orders the reuse of
+the copies on torch's stream, like any other tensor. On the CPU there is no stream: a DLPack view
+keeps DALI's buffer alive, and the default executor never reuses a buffer handed out, so the CPU
+batches stay zero-copy views.
+
 Checkpoints. `state()` is a JSON string: (epoch, batches consumed) and, mid-epoch, DALI's own
 pipeline checkpoint (reader position, shuffle buffer and every random operator's state), so a
 restored loader continues with the very batches an uninterrupted run would have produced.
@@ -21,6 +33,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -32,6 +45,9 @@ from pipeline.files import batches_per_epoch, rank_range
 PAD_LABEL = -1  # label of padding samples; F.cross_entropy(..., ignore_index=PAD_LABEL) skips them
 STATE_FORMAT = 1
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# GPU batches whose DALI outputs may wait for their copy: the host may run this many batches ahead of
+# torch's stream before the loader waits (at batch 128 in float16, ~37 MiB of DALI memory each).
+HELD_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,61 @@ class Identity:
     batch_size: int
     shard_id: int
     num_shards: int
+
+
+class Held:
+    """DALI outputs kept alive until torch's stream has run the copies made from them (GPU batches).
+
+    `add(outputs, event)` after queuing the copies and recording `event` on torch's stream; entries
+    whose event has completed are dropped (events on one stream complete in order), and past `limit`
+    entries the host waits for the oldest. Anything that has `query()` and `synchronize()` is an event.
+    """
+
+    def __init__(self, limit: int = HELD_BATCHES):
+        self._limit = limit
+        self._queue: deque[tuple[object, object]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, outputs: object, event) -> None:
+        self._queue.append((outputs, event))
+        while len(self._queue) > self._limit:
+            self._queue[0][1].synchronize()
+            self._queue.popleft()
+        while self._queue and self._queue[0][1].query():
+            self._queue.popleft()
+
+    def drain(self) -> None:
+        while self._queue:
+            self._queue[0][1].synchronize()
+            self._queue.popleft()
+
+    def __del__(self) -> None:
+        # a loader dropped mid-stream must not hand DALI buffers back while a copy from them is queued
+        with contextlib.suppress(RuntimeError):  # at interpreter exit CUDA may be gone, and reuse with it
+            self.drain()
+
+
+def dali_views(outputs, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) as zero-copy DLPack views of DALI's output buffers; images `[..., C, H, W]`.
+
+    On the GPU, DLPack makes torch's current stream wait for DALI's ready event.
+    """
+    images = torch.from_dlpack(outputs[0].as_tensor())
+    labels = torch.from_dlpack(outputs[1].as_tensor())
+    if channels_last:
+        # [..., H, W, C] -> [..., C, H, W] view: torch's channels_last strides, no copy
+        nd = images.dim()
+        images = images.permute(*range(nd - 3), nd - 1, nd - 3, nd - 2)
+    return images, labels
+
+
+def owned_copies(outputs, dtype: torch.dtype, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images in `dtype`, labels) copied out of DALI's buffers into new torch tensors, on torch's
+    current stream; the cast (float16 -> bfloat16) is the copy. Strides (channels_last) are kept."""
+    images, labels = dali_views(outputs, channels_last)
+    return images.to(dtype, copy=True), labels.clone()
 
 
 class Loader:
@@ -82,6 +153,7 @@ class Loader:
         self.batch_size = identity.batch_size
         self._batches = batches_per_epoch(identity.samples, identity.num_shards, identity.batch_size)
         self._pipe = None
+        self._held = Held()  # GPU: DALI outputs until their copies have run (module doc)
         self._restore: dict | None = self._parse(checkpoint) if checkpoint is not None else None
         # (epoch, batch) of the next batch to hand out
         self._position = (self._restore["epoch"], self._restore["batch"]) if self._restore else (0, 0)
@@ -157,19 +229,16 @@ class Loader:
         self._release()
 
     def _to_torch(self, outputs) -> tuple[torch.Tensor, torch.Tensor]:
-        # exec_dynamic (DALI's default executor) hands out buffers it never reuses, so DLPack gives
-        # zero-copy torch tensors that stay valid; on the GPU they are CUDA tensors bound to torch's
-        # current stream (no host round-trip).
-        device = torch.device("cuda", self._device_id) if self._device == "gpu" else torch.device("cpu")
-        with torch.cuda.device(device) if self._device == "gpu" else contextlib.nullcontext():
-            images = torch.from_dlpack(outputs[0].as_tensor())
-            labels = torch.from_dlpack(outputs[1].as_tensor())
-        if self._channels_last:
-            # [..., H, W, C] -> [..., C, H, W] view: torch's channels_last strides, no copy
-            nd = images.dim()
-            images = images.permute(*range(nd - 3), nd - 1, nd - 3, nd - 2)
-        if images.dtype != TORCH_DTYPES[self._dtype]:
-            images = images.to(TORCH_DTYPES[self._dtype])  # bfloat16, see graph.dali_dtype; keeps strides
+        dtype = TORCH_DTYPES[self._dtype]
+        if self._device != "gpu":
+            images, labels = dali_views(outputs, self._channels_last)
+            # bfloat16 (see graph.dali_dtype); keeps strides
+            return (images if images.dtype == dtype else images.to(dtype)), labels
+        with torch.cuda.device(self._device_id):
+            images, labels = owned_copies(outputs, dtype, self._channels_last)
+            copied = torch.cuda.Event()
+            copied.record()  # on torch's current stream, after the copies
+        self._held.add(outputs, copied)
         return images, labels
 
     def _release(self) -> None:

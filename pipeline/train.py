@@ -52,6 +52,7 @@ def train_loader(
     prefetch: int = 2,
     device_id: int | None = None,
     overlap_epochs: bool = True,
+    fancy_upsampling: bool = True,
 ) -> Loader:
     """One rank's training batches over `<shards>/train-*.tar` (§4.1 augmentation).
 
@@ -76,6 +77,8 @@ def train_loader(
     device_id: the CUDA device [default: torch's current device].
     overlap_epochs: start the next epoch's pipeline while this epoch's last batches are consumed, so
       the epoch boundary does not stall the trainer (costs a second pipeline's memory for a moment).
+    fancy_upsampling: GPU decode with libjpeg-turbo's chroma upsampling, i.e. the CPU decoder's pixels
+      (default); False gives nvJPEG's faster default, for measuring the difference only.
     """
     device_id = check_device(device, device_id)
     dtype = dtype or default_dtype(device)
@@ -103,8 +106,9 @@ def train_loader(
     def build(epoch: int, cpt: bytes | None):
         pipe = _train_pipeline(
             reader=reader_args(epoch), look=look, device=device, crop=crop, mirror=mirror, lighting=lighting,
-            batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=prefetch,
-            seed=derive_seed(seed, epoch, shard_id), enable_checkpointing=True, checkpoint=cpt)
+            fancy_upsampling=fancy_upsampling, batch_size=batch_size, num_threads=threads,
+            device_id=device_id, prefetch_queue_depth=prefetch, seed=derive_seed(seed, epoch, shard_id),
+            enable_checkpointing=True, checkpoint=cpt)
         pipe.build()
         return pipe
 
@@ -119,10 +123,11 @@ def train_loader(
 
 
 @pipeline_def
-def _train_pipeline(reader: dict, look: graph.Look, device: str, crop: str, mirror: bool, lighting):
+def _train_pipeline(reader: dict, look: graph.Look, device: str, crop: str, mirror: bool, lighting,
+                    fancy_upsampling: bool = True):
     jpg, label = graph.read(**reader)
     pos = graph.crop_positions(look.crop) if crop == "random" else (0.5, 0.5)  # 0.5: (256 - 224) / 2 = 16
-    image = graph.centre(graph.decode(jpg, device), look, device)
+    image = graph.centre(graph.decode(jpg, device, fancy_upsampling), look, device)
     light = None
     if lighting:
         base = look.stats.mean if look.mean == "channel" else np.zeros(3)
