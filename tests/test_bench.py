@@ -50,6 +50,7 @@ def test_pipeline_bench_writes_json(pipeline_shards: tuple[Path, dict], tmp_path
     settings = figures["settings"]
     assert [settings[k] for k in ("batch_size", "batches", "baseline_batches", "copies")] == [4, 2, 1, 2]
     assert settings["baseline_warmup"] == 2  # one worker's ready queue: PREFETCH_FACTOR batches
+    assert settings["fancy_upsampling"] is True  # the loaders' default; --fast-upsampling turns it off
     a, b = figures["hand_written"], figures["ours"]
     assert len(a["passes"]) == len(b["passes"]) == 2
     assert a["images_per_s"] == statistics.median(a["passes"]) > 0
@@ -64,6 +65,8 @@ def test_pipeline_bench_checks_before_work(pipeline_shards: tuple[Path, dict], t
     assert result.exit_code == 2 and "--json: the folder of" in result.output
     result = CliRunner().invoke(pipeline_bench, ["--shards", str(tmp_path)])
     assert result.exit_code == 2 and "holds no train-*.tar" in result.output
+    result = CliRunner().invoke(pipeline_bench, ["--shards", str(root), "--fast-upsampling"])
+    assert result.exit_code == 2 and "--fast-upsampling applies to the GPU decoder only" in result.output
 
 
 def test_train_bench_writes_json(sample_shards: Path, tmp_path: Path) -> None:
