@@ -56,8 +56,9 @@ def train_loader(
 ) -> Loader:
     """One rank's training batches over `<shards>/train-*.tar` (§4.1 augmentation).
 
-    Yields `(images, labels)`: images `[B, 3, crop_size, crop_size]` in `dtype` on `device` (CUDA
-    tensors straight from DALI on "gpu"; `channels_last=True` gives torch.channels_last strides),
+    Yields `(images, labels)`: images `[B, 3, crop_size, crop_size]` in `dtype` on `device` (on "gpu"
+    CUDA tensors copied out of DALI on torch's current stream, see loader.py; `channels_last=True`
+    gives torch.channels_last strides),
     labels int64 `[B]` on the same device. Every rank yields `len(loader)` batches per epoch; the
     positions past this rank's share of the epoch carry label -1 (`PAD_LABEL`, only in the last
     batch), so over `num_shards` ranks every training sample is used exactly once per epoch
