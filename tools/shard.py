@@ -128,11 +128,12 @@ def _run_lock(settings: ShardSettings, log: Callable[[str], None]) -> AbstractCo
     return RunLock(os.path.join(local, lock_name(settings)), "alexnet-prep shard", log=log)
 
 
-def _prepare_out(settings: ShardSettings, owned: set[str]) -> None:
+def _prepare_out(settings: ShardSettings, owned: set[str] | None) -> None:
     """Refuse to mix runs with different options in one folder; clear leftovers of a killed run.
 
-    Only temp files of names this run writes (`owned`) are removed: under the lock they can only
-    come from a killed run of this node, while another node's may be in flight right now.
+    Under the lock, temp files can only come from a killed run, except in a multi-node run, where
+    other nodes write into the same folder right now: there only those of names this node writes
+    (`owned`) are removed.
     """
     fs, root = urls.filesystem(settings.out)
     fs.makedirs(posixpath.join(root, STATE_DIR), exist_ok=True)
@@ -157,7 +158,7 @@ def _prepare_out(settings: ShardSettings, owned: set[str]) -> None:
         fs.makedirs(posixpath.join(root, STATE_DIR), exist_ok=True)
     for p in fs.ls(root, detail=False):
         name = p.rsplit("/", 1)[-1]
-        if ".tmp-" in name and name[1:].split(".tmp-", 1)[0] in owned:  # atomic.temp_name's pattern
+        if ".tmp-" in name and (owned is None or name[1:].split(".tmp-", 1)[0] in owned):  # temp_name
             fs.rm(p)
     atomic.write_json(urls.join(settings.out, OPTIONS_FILE), settings.options())
 
@@ -228,7 +229,7 @@ def run(settings: ShardSettings, log: Callable[[str], None] = print) -> dict[str
     name = (manifest.MANIFEST if settings.num_nodes == 1
             else manifest.node_manifest_name(settings.node_rank, settings.num_nodes))
     with _run_lock(settings, log):
-        _prepare_out(settings, _owned_names(mine, name))
+        _prepare_out(settings, None if settings.num_nodes == 1 else _owned_names(mine, name))
         done = {p.name: r for p in mine if (r := finished_record(p, settings.out)) is not None}
         todo = [p for p in mine if p.name not in done]
         log(f"{len(classes)} classes, "

@@ -102,19 +102,18 @@ def compute(shards: str, from_manifest: bool = False, workers: int = 1) -> dict[
         sums = _sums_from_manifest(shards, m)
     else:
         jobs = [(urls.join(shards, s["name"]), s["samples"]) for s in train["shards"]]
-        bar = tqdm(total=len(jobs), unit="shard", desc="pca-stats")
-        if workers > 1 and len(jobs) > 1 and not urls.in_process(shards):
-            with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-                parts = []
-                for p in pool.imap_unordered(shard_sums, jobs):
-                    parts.append(p)
+        parts = []
+        # `with`: an error closes the bar first, so the error prints on a line of its own
+        with tqdm(total=len(jobs), unit="shard", desc="pca-stats") as bar:
+            if workers > 1 and len(jobs) > 1 and not urls.in_process(shards):
+                with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                    for p in pool.imap_unordered(shard_sums, jobs):
+                        parts.append(p)
+                        bar.update()
+            else:
+                for job in jobs:
+                    parts.append(shard_sums(job))
                     bar.update()
-        else:
-            parts = []
-            for job in jobs:
-                parts.append(shard_sums(job))
-                bar.update()
-        bar.close()
         sums = _combine(parts)
     stats = from_sums(sums)
     stats["shards"] = manifest.shard_list_hash(m)
