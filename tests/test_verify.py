@@ -139,7 +139,7 @@ def test_bad_statistics_fail_verify_with_the_trainers_own_message(shards, fault)
     r = _run(shards)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     lines = [ln for ln in r.output.splitlines() if name in ln]
-    assert len(lines) == 1, r.output
+    assert len(lines) == 1 and lines[0].count(name) == 1, r.output
     # the very check the loaders run (pipeline.stats.load, used by alexnet-train and alexnet-eval)
     from pipeline.errors import PipelineError
     from pipeline.stats import load

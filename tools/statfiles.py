@@ -35,8 +35,9 @@ def _read(url: str) -> bytes:
 
 def read_pca(url: str) -> dict:
     """pca.json, checked: numeric mean/std/eigval (3) and eigvec (3x3), all finite, std > 0, 0-255."""
+    data = _read(url)
     try:
-        pca = json.loads(_read(url))
+        pca = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:  # includes an empty file
         raise StatFileError(f"{url}: cannot be read ({e})") from e
     if not isinstance(pca, dict):
@@ -58,8 +59,9 @@ def read_pca(url: str) -> dict:
 
 def read_mean_image(url: str) -> np.ndarray:
     """mean.npy, checked: a finite float [256, 256, 3] array; returned as float32."""
+    data = _read(url)
     try:
-        image = np.load(io.BytesIO(_read(url)), allow_pickle=False)
+        image = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise StatFileError(f"{url}: cannot be read ({e or 'empty file'})") from e
     expected = (STORED_SIZE, STORED_SIZE, 3)
