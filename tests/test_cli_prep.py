@@ -247,3 +247,13 @@ def test_bare_dir_prefix_is_refused_in_one_line(tmp_path, sample_src):
     r = _val_shard(sample_src, f"dir::file://{tmp_path}/out")
     _one_line_error(r, "dir://<path inside>::<root URL>")
     assert not (tmp_path / "out").exists()
+
+
+def test_sample_into_a_chained_out_url(tmp_path):
+    """`sample` wrote its tars through fs.unstrip_protocol, which drops a chain's other links."""
+    (tmp_path / "root").mkdir()
+    r = _prep("sample", "--out", f"dir://ilsvrc::file://{tmp_path}/root", "--classes", "2",
+              "--train-per-class", "6", "--val-per-class", "1")
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in (tmp_path / "root" / "ilsvrc").iterdir())
+    assert "ILSVRC2012_img_train.tar" in names and "ILSVRC2012_devkit_t12.tar.gz" in names
