@@ -60,6 +60,7 @@ def test_second_run_into_the_same_out_refuses_at_once_and_deletes_nothing(tmp_pa
     theirs.write_bytes(b"half a shard")
     r = _val_shard(sample_src, out)
     _one_line_error(r, str(lock), f"pid {live_pid} on {socket.gethostname()}", "another run")
+    assert "listing the images" not in r.output  # refused before the (minutes-long) listing
     assert theirs.read_bytes() == b"half a shard" and json.loads(lock.read_text())["pid"] == live_pid
     assert sorted(p.name for p in out.iterdir()) == sorted([lock.name, theirs.name])
 

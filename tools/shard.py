@@ -217,7 +217,13 @@ def run(settings: ShardSettings, log: Callable[[str], None] = print) -> dict[str
         # Worker processes would read an empty memory:// and write into their own copy, lost on exit.
         log("memory:// exists only in this process: writing with 1 worker")
         workers = 1
-    layout = detect(settings.src)
+    layout = detect(settings.src)  # reads only the class list: seconds, before --out is touched
+    with _run_lock(settings, log):  # before the listing, which takes minutes on the raw train tar
+        return _shard_locked(settings, layout, workers, log)
+
+
+def _shard_locked(settings: ShardSettings, layout: Layout, workers: int,
+                  log: Callable[[str], None]) -> dict[str, Any]:
     raw = layout.name.startswith("raw")
     slow = " (reads every tar member header: ~1.5 min for the full train tar)" if raw else ""
     log(f"{settings.src}: {layout.name} layout; listing the images{slow}")
@@ -228,17 +234,15 @@ def run(settings: ShardSettings, log: Callable[[str], None] = print) -> dict[str
     mine = [p for i, p in enumerate(every) if i % settings.num_nodes == settings.node_rank]
     name = (manifest.MANIFEST if settings.num_nodes == 1
             else manifest.node_manifest_name(settings.node_rank, settings.num_nodes))
-    with _run_lock(settings, log):
-        _prepare_out(settings, None if settings.num_nodes == 1 else _owned_names(mine, name))
-        done = {p.name: r for p in mine if (r := finished_record(p, settings.out)) is not None}
-        todo = [p for p in mine if p.name not in done]
-        log(f"{len(classes)} classes, "
-            + ", ".join(f"{s} {len(sources[s])} images in {len(plans[s])} shards" for s in settings.splits)
-            + (f"; resuming, {len(done)} shards already done" if done else ""))
-        jobs = [(p, settings.out, labels, settings.quality) for p in todo]
-        with tqdm(total=sum(len(p.refs) for p in todo), unit="img", desc="shard", smoothing=0.1) as bar:
-            records = list(done.values()) + _run_jobs(jobs, workers, bar)
-        result = manifest.build(settings.options(), classes, {s: len(plans[s]) for s in settings.splits},
-                                records)
-        atomic.write_json(urls.join(settings.out, name), result)
+    _prepare_out(settings, None if settings.num_nodes == 1 else _owned_names(mine, name))
+    done = {p.name: r for p in mine if (r := finished_record(p, settings.out)) is not None}
+    todo = [p for p in mine if p.name not in done]
+    log(f"{len(classes)} classes, "
+        + ", ".join(f"{s} {len(sources[s])} images in {len(plans[s])} shards" for s in settings.splits)
+        + (f"; resuming, {len(done)} shards already done" if done else ""))
+    jobs = [(p, settings.out, labels, settings.quality) for p in todo]
+    with tqdm(total=sum(len(p.refs) for p in todo), unit="img", desc="shard", smoothing=0.1) as bar:
+        records = list(done.values()) + _run_jobs(jobs, workers, bar)
+    result = manifest.build(settings.options(), classes, {s: len(plans[s]) for s in settings.splits}, records)
+    atomic.write_json(urls.join(settings.out, name), result)
     return result
