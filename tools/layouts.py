@@ -518,7 +518,7 @@ def _looked_for() -> str:
 def detect(src: str) -> Layout:
     """The layout of the ILSVRC copy in `src` (any fsspec URL), with its class list already read."""
     fs, root = urls.filesystem(src)
-    root = root.rstrip("/") or ("/" if src.startswith("/") else "")
+    root = root.rstrip("/") or ("/" if root.startswith("/") else "")  # zip:// has root ""
     if not fs.isdir(root):
         raise LayoutError(f"{src}: no such folder; expected an ILSVRC copy: {_looked_for()}")
     names = {posixpath.basename(e["name"].rstrip("/")): e["type"] for e in fs.ls(root, detail=True)}
