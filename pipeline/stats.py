@@ -19,17 +19,14 @@ which is what the DALI graph evaluates per image.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from paper import STORED_SIZE
 from pipeline.errors import PipelineError
+from tools.statfiles import MEAN_FILE, PCA_FILE, StatFileError, read_mean_image, read_pca
 
-PCA_FILE = "pca.json"
-MEAN_FILE = "mean.npy"
 LIGHTING_MODES = ("paper01", "cuda-convnet")
 MEAN_MODES = ("image", "channel")
 
@@ -44,48 +41,26 @@ class Stats:
 
 
 def _read_pca(path: str) -> dict:
+    # The check lives in tools.statfiles so that `alexnet-prep verify` runs exactly this one.
     try:
-        with open(path) as f:
-            pca = json.load(f)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; run `alexnet-prep pca-stats` on the shards first") from None
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{path}: cannot be read ({e})") from e
-    for name, shape in (("mean", (3,)), ("std", (3,)), ("eigval", (3,)), ("eigvec", (3, 3))):
-        try:
-            value = np.asarray(pca[name], dtype=np.float64)
-        except (KeyError, TypeError, ValueError):
-            raise PipelineError(f"{path}: no numeric '{name}' entry") from None
-        if value.shape != shape or not np.all(np.isfinite(value)):
-            raise PipelineError(f"{path}: '{name}' must be {shape} finite numbers, got shape {value.shape}")
-    if pca.get("scale", "0-255") != "0-255":
-        raise PipelineError(f"{path}: scale {pca['scale']!r}, expected '0-255'")
-    return pca
+        return read_pca(path)
+    except StatFileError as e:
+        raise PipelineError(str(e)) from None
 
 
 def _read_mean_image(path: str) -> np.ndarray:
     try:
-        image = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; run `alexnet-prep pca-stats` on the shards first") from None
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{path}: cannot be read ({e})") from e
-    expected = (STORED_SIZE, STORED_SIZE, 3)
-    if image.shape != expected or not np.issubdtype(image.dtype, np.floating):
-        raise PipelineError(f"{path}: expected a float {expected} mean image, "
-                            f"got {image.dtype} {image.shape}")
-    return image.astype(np.float32)
+        return read_mean_image(path)
+    except StatFileError as e:
+        raise PipelineError(str(e)) from None
 
 
 def load(root: str, mean_image: bool = True) -> Stats:
     """Read `pca.json` (and `mean.npy` if `mean_image`) from the shard folder, validated."""
     pca = _read_pca(os.path.join(root, PCA_FILE))
-    std = np.asarray(pca["std"], dtype=np.float64)
-    if np.any(std <= 0):
-        raise PipelineError(f"{os.path.join(root, PCA_FILE)}: 'std' must be positive, got {std.tolist()}")
     return Stats(
         mean=np.asarray(pca["mean"], dtype=np.float64),
-        std=std,
+        std=np.asarray(pca["std"], dtype=np.float64),
         eigval=np.asarray(pca["eigval"], dtype=np.float64),
         eigvec=np.asarray(pca["eigvec"], dtype=np.float64),
         mean_image=_read_mean_image(os.path.join(root, MEAN_FILE)) if mean_image else None,

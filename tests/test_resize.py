@@ -54,3 +54,83 @@ def test_draft_decodes_large_jpegs_below_full_size_but_never_below_256():
     im, w, h = decode_rgb(encode(photo(2048, 1536)))
     assert (w, h) == (2048, 1536)
     assert min(im.size) >= 256 and im.size[0] < 2048
+
+
+# --- modes other than 8-bit L/RGB/CMYK/P (issue 9, item 1) ------------------------------------------
+
+def _png(im, **kw) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    im.save(out, "PNG", **kw)
+    return out.getvalue()
+
+
+def _grey16_png(value: int) -> bytes:
+    from PIL import Image
+
+    return _png(Image.fromarray(np.full((300, 400), value, np.uint16)))
+
+
+def _grey16_pgm(value: int) -> bytes:
+    return b"P5\n400 300\n65535\n" + np.full(300 * 400, value, ">u2").tobytes()
+
+
+@pytest.mark.parametrize("make", [_grey16_png, _grey16_pgm], ids=["png-I;16", "pgm-16bit-I"])
+@pytest.mark.parametrize("value,expected", [(32768, 128), (1000, 4), (65535, 255)])
+def test_16_bit_grey_keeps_its_tone(make, value, expected):
+    """Pillow's convert("RGB") clips 16-bit values at 255: a mid-grey came out white."""
+    pixels = process(make(value)).pixels.astype(int)
+    assert np.abs(pixels - expected).max() <= 1  # flat image: the JPEG round trip is near exact
+
+
+def _transparent_images():
+    from PIL import Image
+
+    half = np.zeros((300, 400, 4), np.uint8)
+    half[..., 0] = 200  # red everywhere, but only the left half is opaque
+    half[:, :200, 3] = 255
+    la = np.zeros((300, 400, 2), np.uint8)
+    la[..., 0] = 60
+    la[:, :200, 1] = 255
+    pal = Image.fromarray(np.where(np.arange(400)[None, :] < 200, 1, 0).astype(np.uint8).repeat(300, 0), "P")
+    pal.putpalette([0, 0, 0, 200, 0, 0] + [0, 0, 0] * 254)
+    grey = Image.fromarray(np.where(np.arange(400)[None, :] < 200, 60, 7).astype(np.uint8).repeat(300, 0))
+    return {
+        "RGBA": (_png(Image.fromarray(half)), (200, 0, 0)),
+        "LA": (_png(Image.fromarray(la, "LA")), (60, 60, 60)),
+        "P+tRNS": (_png(pal, transparency=0), (200, 0, 0)),
+        "L+tRNS": (_png(grey, transparency=7), (60, 60, 60)),
+    }
+
+
+@pytest.mark.parametrize("name", ["RGBA", "LA", "P+tRNS", "L+tRNS"])
+def test_transparency_is_composited_over_white(name):
+    """Left half opaque, right half transparent over black/other pixels: the right half must be white."""
+    data, opaque = _transparent_images()[name]
+    pixels = process(data).pixels.astype(int)  # 400x300 -> the centre 256 columns span both halves
+    assert np.abs(pixels[128, 20] - opaque).max() <= 3
+    assert np.abs(pixels[128, 235] - 255).max() <= 3
+
+
+@pytest.mark.parametrize("array,mode", [(np.full((30, 40), 0.5, np.float32), "F"),
+                                        (np.full((30, 40), 100000, np.int32), "I")])
+def test_32_bit_and_float_pixels_are_refused_with_a_stable_reason(array, mode):
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, "TIFF")
+    with pytest.raises(DecodeError, match=f"mode {mode}\\) have no standard white level"):
+        process(out.getvalue())
+
+
+def test_reason_for_bytes_that_are_no_image_is_stable_text():
+    reasons = set()
+    for _ in range(2):
+        with pytest.raises(DecodeError) as e:
+            process(b"certainly not an image" * 10)
+        reasons.add(str(e.value))
+    (reason,) = reasons  # the same both times
+    assert "0x" not in reason and "object at" not in reason and "not an image" in reason

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -187,3 +188,23 @@ def test_prep_never_imports_torch_or_dali(tmp_path, sample_src):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_manifest_skip_reasons_are_stable_and_16_bit_pngs_keep_their_tone(tmp_path):
+    """Issue 9, item 1: two runs record the same reason text (Pillow's names a memory address)."""
+    from PIL import Image
+
+    src = tmp_path / "src"
+    make_sample(str(src), layout="folders", classes=2, train_per_class=3, val_per_class=1, seed=3)
+    wnid = sorted(p.name for p in (src / "train").iterdir())[0]
+    (src / "train" / wnid / f"{wnid}_90001.JPEG").write_bytes(b"an HTML error page, not an image" * 20)
+    Image.fromarray(np.full((300, 400), 32768, np.uint16)).save(src / "train" / wnid / f"{wnid}_90002.JPEG",
+                                                               "PNG")
+    runs = [_shard(src, tmp_path / f"out{i}", shard_size=100) for i in range(2)]
+    reasons = [[s["reason"] for s in m["splits"]["train"]["skipped"] if s["key"].endswith("_90001")]
+               for m in runs]
+    assert reasons[0] == reasons[1] and len(reasons[0]) == 1 and "0x" not in reasons[0][0]
+    grey = _members(tmp_path / "out0" / "train-000000.tar")[f"{wnid}_90002"]["jpg"]
+    from tools.resize import decode_stored
+
+    assert abs(float(decode_stored(grey).mean()) - 128) < 2  # was 255: clipped 16-bit values

@@ -70,3 +70,23 @@ def test_missing_manifest_and_no_train_are_clear_errors(tmp_path, sample_shards)
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(StatsError, match="no train shards"):
         compute(str(copy))
+
+
+@pytest.mark.parametrize("cut", ["mid-member", "member-boundary"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_truncated_shard_is_one_line_naming_it(sample_shards, tmp_path, cut, workers):
+    """Issue 9, item 5: was a tarfile traceback (mid-member) or silently fewer pixels (boundary)."""
+    copy = tmp_path / "s"
+    shutil.copytree(sample_shards, copy)
+    tar = copy / "train-000001.tar"
+    data = tar.read_bytes()
+    with tarfile.open(tar) as t:
+        members = t.getmembers()
+    boundary = members[len(members) // 2].offset  # a header start: the tar just looks shorter
+    tar.write_bytes(data[: boundary + 700] if cut == "mid-member" else data[:boundary] + bytes(1024))
+    before = (copy / "pca.json").read_bytes()
+    r = CliRunner().invoke(main, ["pca-stats", "--shards", str(copy), "--workers", str(workers)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip() and "%|" not in ln]  # less the progress bar
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "train-000001.tar" in lines[0]
+    assert (copy / "pca.json").read_bytes() == before  # nothing written

@@ -91,3 +91,59 @@ def test_extra_tar_and_stale_pca_are_caught(shards):
 def test_no_manifest_is_one_clear_problem(tmp_path):
     r = _run(tmp_path)
     assert r.exit_code == 1 and "no manifest" in r.output
+
+
+# --- pca.json and mean.npy, checked as training reads them (issue 9, item 4) ---------------------------
+
+def _nan_pca(path):
+    pca = json.loads(path.read_text())
+    pca["eigval"][1] = float("nan")
+    path.write_text(json.dumps(pca))  # Python writes NaN, which json.loads reads back as nan
+
+
+def _wrong_shape_pca(path):
+    pca = json.loads(path.read_text())
+    pca["eigvec"] = pca["eigvec"][:2]
+    path.write_text(json.dumps(pca))
+
+
+def _save(array):
+    import numpy as np
+
+    return lambda path: np.save(path, array)
+
+
+def _statistics_faults():
+    import numpy as np
+
+    nan_image = np.zeros((256, 256, 3), np.float32)
+    nan_image[3, 4, 1] = np.nan
+    return {
+        "pca-missing": ("pca.json", lambda p: p.unlink()),
+        "pca-empty": ("pca.json", lambda p: p.write_bytes(b"")),
+        "pca-malformed": ("pca.json", lambda p: p.write_text('{"mean": [1, 2, 3], ')),
+        "pca-wrong-shape": ("pca.json", _wrong_shape_pca),
+        "pca-nan": ("pca.json", _nan_pca),
+        "mean-missing": ("mean.npy", lambda p: p.unlink()),
+        "mean-empty": ("mean.npy", lambda p: p.write_bytes(b"")),
+        "mean-malformed": ("mean.npy", lambda p: p.write_bytes(b"\x93NUMPY garbage")),
+        "mean-wrong-shape": ("mean.npy", _save(np.zeros((224, 224, 3), np.float32))),
+        "mean-nan": ("mean.npy", _save(nan_image)),
+    }
+
+
+@pytest.mark.parametrize("fault", list(_statistics_faults()))
+def test_bad_statistics_fail_verify_with_the_trainers_own_message(shards, fault):
+    name, damage = _statistics_faults()[fault]
+    damage(shards / name)
+    r = _run(shards)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    lines = [ln for ln in r.output.splitlines() if name in ln]
+    assert len(lines) == 1 and lines[0].count(name) == 1, r.output
+    # the very check the loaders run (pipeline.stats.load, used by alexnet-train and alexnet-eval)
+    from pipeline.errors import PipelineError
+    from pipeline.stats import load
+
+    with pytest.raises(PipelineError) as e:
+        load(str(shards))
+    assert lines[0] == str(e.value)

@@ -17,6 +17,8 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from tools import urls
+
 
 def temp_name(path: str) -> str:
     """A unique hidden sibling of `path` (same folder, so the final rename stays atomic)."""
@@ -45,9 +47,16 @@ class HashingWriter:
 
 
 @contextmanager
-def atomic_write(url: str) -> Iterator[IO[bytes]]:
-    """Open `url` for binary writing; the file appears under its name only if the block succeeds."""
-    fs, path = fsspec.core.url_to_fs(url)
+def atomic_write(url: str, fs: Any = None) -> Iterator[IO[bytes]]:
+    """Open `url` for binary writing; the file appears under its name only if the block succeeds.
+
+    With `fs`, `url` is a path on that filesystem (what a caller holding `fs` already has: turning
+    it back into a URL with `fs.unstrip_protocol` would drop the rest of a chained URL).
+    """
+    if fs is None:
+        fs, path = urls.filesystem(url)
+    else:
+        path = url
     tmp = temp_name(path)
     try:
         if isinstance(fs, LocalFileSystem):
@@ -66,13 +75,13 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
         raise
 
 
-def write_bytes(url: str, data: bytes) -> None:
-    with atomic_write(url) as f:
+def write_bytes(url: str, data: bytes, fs: Any = None) -> None:
+    with atomic_write(url, fs) as f:
         f.write(data)
 
 
-def write_json(url: str, obj: Any) -> None:
-    write_bytes(url, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+def write_json(url: str, obj: Any, fs: Any = None) -> None:
+    write_bytes(url, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), fs)
 
 
 def read_json(url: str) -> Any:

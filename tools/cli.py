@@ -16,13 +16,41 @@ import sys
 import click
 
 DEFAULT_WORKERS = os.cpu_count() or 1
+# Checked by click before a command starts; = tools.shard.MAX_SEED (numpy takes any int >= 0, the cap
+# keeps the seed an int64 for every JSON reader of the manifest).
+SEED = click.IntRange(0, 2**63 - 1)
 
 
 def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def _os_error(e: OSError) -> str:
+    """One line for an OSError: the file it names and the system's reason."""
+    where = e.filename if e.filename is not None else ""
+    why = e.strerror or str(e) or type(e).__name__
+    return f"{where}: {why}" if where else why
+
+
+class _Prep(click.Group):
+    """Ends every command's unexpected OSError or bad URL in one line and exit 1, not a traceback.
+
+    The commands handle the failures they expect with a more specific message; this is the net
+    under them (a disk that fills, a folder that turns read-only mid-run).
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        from tools.urls import UrlError
+
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            raise click.ClickException(_os_error(e)) from None
+        except UrlError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Prep, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option("0.1.0", prog_name="alexnet-prep")
 def main() -> None:
     """Prepare ILSVRC for alexnet-repro: shards, index files, PCA lighting stats, checks.
@@ -45,7 +73,7 @@ def main() -> None:
 @click.option("--classes", type=click.IntRange(2, 1000), default=10, help="Number of classes.")
 @click.option("--train-per-class", type=click.IntRange(1), default=40, help="Training images per class.")
 @click.option("--val-per-class", type=click.IntRange(1), default=10, help="Validation images per class.")
-@click.option("--seed", type=int, default=0, help="Same seed, byte-identical files.")
+@click.option("--seed", type=SEED, default=0, help="Same seed, byte-identical files.")
 @click.option("--year", type=click.Choice(["2012", "2010"]), default="2012",
               help="Devkit and file names of this ILSVRC year (raw layout only).")
 def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_class: int, seed: int,
@@ -65,6 +93,8 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
                               val_per_class=val_per_class, seed=seed, year=int(year))
     except ValueError as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"--out {out}: cannot write the sample ({_os_error(e)})")
     click.echo(f"{out}: {summary['layout']} sample, {summary['classes']} classes, "
                f"{summary['train']} train + {summary['val']} val images")
 
@@ -77,7 +107,7 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
               help="Samples per shard [default: 5000: ~125 MB at an estimated ~25 kB per stored "
                    "ImageNet image].")
 @click.option("--quality", type=int, default=None, help="JPEG quality of the stored images [default: 90].")
-@click.option("--seed", type=int, default=0, help="Seed of the train shuffle across shards.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the train shuffle across shards.")
 @click.option("--workers", type=int, default=DEFAULT_WORKERS, help="Parallel processes (one shard each).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any image had to be skipped.")
 @click.option("--limit-classes", type=int, default=None, help="Only the first N classes (sorted wnids).")
@@ -97,6 +127,7 @@ def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int 
     manifest.json. Writes a DALI .idx beside each tar and manifest.json last.
     """
     from tools.layouts import LayoutError
+    from tools.lock import RunLockedError
     from tools.resize import DEFAULT_QUALITY
     from tools.shard import ShardError, ShardSettings, run
     from tools.writer import DEFAULT_SHARD_SIZE
@@ -110,9 +141,7 @@ def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int 
         node_rank=node_rank)
     try:
         m = run(settings, log=click.echo)
-    except (LayoutError, ShardError) as e:
-        _fail(str(e))
-    except OSError as e:
+    except (LayoutError, ShardError, RunLockedError) as e:
         _fail(str(e))
     skipped = [s for body in m["splits"].values() for s in body["skipped"]]
     for split, body in m["splits"].items():
@@ -129,16 +158,16 @@ def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int 
 @click.option("--shards", default="shards", help="The shard folder all nodes wrote into.")
 def merge_manifest(shards: str) -> None:
     """Join the manifest.node-R-of-K.json files of a multi-node run into manifest.json."""
-    import fsspec
-
-    from tools import atomic, manifest
+    from tools import atomic, manifest, urls
 
     shards = shards.rstrip("/")
-    fs, root = fsspec.core.url_to_fs(shards)
+    fs, root = urls.filesystem(shards)
+    if not fs.isdir(root):
+        _fail(f"{shards}: no such folder")
     names = sorted(p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith("manifest.node-"))
     if not names:
         _fail(f"{shards}: no manifest.node-*.json files to merge")
-    parts = [atomic.read_json(f"{shards}/{n.rsplit('/', 1)[-1]}") for n in names]
+    parts = [atomic.read_json(urls.join(shards, n.rsplit("/", 1)[-1])) for n in names]
     expected = parts[0]["options"].get("num_nodes", 1)
     if len(parts) != expected:
         _fail(f"{shards}: {len(parts)} of {expected} node manifests present")
@@ -146,7 +175,7 @@ def merge_manifest(shards: str) -> None:
         merged = manifest.merge(parts)
     except manifest.ManifestError as e:
         _fail(f"{shards}: {e}")
-    atomic.write_json(f"{shards}/{manifest.MANIFEST}", merged)
+    atomic.write_json(urls.join(shards, manifest.MANIFEST), merged)
     click.echo(f"{shards}/manifest.json: " + ", ".join(
         f"{s} {b['samples']} samples in {len(b['shards'])} shards" for s, b in merged["splits"].items()))
 
@@ -155,13 +184,13 @@ def merge_manifest(shards: str) -> None:
 @click.option("--shards", default="shards", help="Folder or fsspec URL holding *.tar shards.")
 def index(shards: str) -> None:
     """Write the DALI index (.idx, wds2idx format) beside every tar in --shards."""
-    import fsspec
     from tqdm import tqdm
 
+    from tools import urls
     from tools.index import write_index
 
     shards = shards.rstrip("/")
-    fs, root = fsspec.core.url_to_fs(shards)
+    fs, root = urls.filesystem(shards)
     if not fs.isdir(root):
         _fail(f"{shards}: no such folder")
     tars = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False) if p.endswith(".tar"))
@@ -169,9 +198,11 @@ def index(shards: str) -> None:
         _fail(f"{shards}: no .tar files")
     for name in tqdm(tars, unit="shard", desc="index"):
         try:
-            write_index(f"{shards}/{name}")
+            write_index(urls.join(shards, name))
         except ValueError as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(f"{shards}: cannot write the index of {name} ({_os_error(e)})")
     click.echo(f"{shards}: wrote {len(tars)} index files")
 
 

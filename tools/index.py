@@ -13,13 +13,15 @@ from typing import IO
 
 import fsspec
 
-from tools import atomic
+from tools import atomic, urls
 
 INDEX_VERSION = "v1.2"
 
 
 def index_path(tar_url: str) -> str:
-    return tar_url[: -len(".tar")] + ".idx" if tar_url.endswith(".tar") else tar_url + ".idx"
+    """The index beside a tar (a path or any fsspec URL, chained ones included)."""
+    folder, name = urls.split(tar_url)
+    return urls.join(folder, name[: -len(".tar")] + ".idx" if name.endswith(".tar") else name + ".idx")
 
 
 def split_name(name: str) -> tuple[str, str]:

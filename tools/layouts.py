@@ -28,9 +28,10 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import scipy.io
+
+from tools import urls
 
 SPLITS = ("train", "val")
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
@@ -63,7 +64,7 @@ class ClassInfo:
 
 def read_bytes(ref: SourceRef) -> bytes:
     """The bytes of one source image: a whole loose file, or a member's window inside a tar."""
-    fs, path = fsspec.core.url_to_fs(ref.url)
+    fs, path = urls.filesystem(ref.url)
     try:
         if ref.size < 0:
             return fs.cat_file(path)
@@ -283,10 +284,12 @@ class Layout:
         return refs
 
     def url(self, path: str) -> str:
-        return self.fs.unstrip_protocol(path)
+        # Rebuilt from --src rather than fs.unstrip_protocol(path), which drops the rest of a
+        # chained URL (zip://x::file:///a.zip would come back as zip://x).
+        return urls.join(self.src, self.rel(path))
 
     def rel(self, path: str) -> str:
-        return posixpath.relpath(path, self.root)
+        return posixpath.relpath(path, self.root) if self.root else path.lstrip("/")  # zip:// root is ""
 
     def _read_classes(self) -> list[ClassInfo]:
         raise NotImplementedError
@@ -333,18 +336,19 @@ class RawLayout(Layout):
 
     def devkit(self) -> Devkit:
         if self._devkit is None:
-            self._devkit = read_devkit_tar(self.fs, f"{self.root}/{self.devkit_name}", self.devkit_name)
+            path = posixpath.join(self.root, self.devkit_name)
+            self._devkit = read_devkit_tar(self.fs, path, self.devkit_name)
         return self._devkit
 
     def splits(self) -> list[str]:
-        return [s for s in SPLITS if self.fs.isfile(f"{self.root}/{self.files[s]}")]
+        return [s for s in SPLITS if self.fs.isfile(posixpath.join(self.root, self.files[s]))]
 
     def _read_classes(self) -> list[ClassInfo]:
         return self.devkit().classes
 
     def _samples(self, split: str) -> list[SourceRef]:
         name = self.files[split]
-        path = f"{self.root}/{name}"
+        path = posixpath.join(self.root, name)
         url = self.url(path)
         with self.fs.open(path, "rb") as f:
             outer = scan_tar(f, 0, self.fs.size(path), name)
@@ -401,7 +405,7 @@ class FoldersLayout(Layout):
         return self._devkit
 
     def splits(self) -> list[str]:
-        return [s for s in SPLITS if self.fs.isdir(f"{self.root}/{s}")]
+        return [s for s in SPLITS if self.fs.isdir(posixpath.join(self.root, s))]
 
     def _read_classes(self) -> list[ClassInfo]:
         devkit = self.devkit()
@@ -409,7 +413,7 @@ class FoldersLayout(Layout):
             return devkit.classes
         # Without a devkit the class list is the set of train folders (val's if train is absent).
         split = "train" if "train" in self.splits() else "val"
-        wnids = [w for w, _ in self._wnid_dirs(f"{self.root}/{split}", None)]
+        wnids = [w for w, _ in self._wnid_dirs(posixpath.join(self.root, split), None)]
         if not wnids:
             raise LayoutError(
                 f"{self.src}/{split}: no class folders (nXXXXXXXX/) and no devkit naming the classes"
@@ -417,7 +421,7 @@ class FoldersLayout(Layout):
         return sorted_classes(dict.fromkeys(wnids, ""))
 
     def _samples(self, split: str) -> list[SourceRef]:
-        folder = f"{self.root}/{split}"
+        folder = posixpath.join(self.root, split)
         known = {c.wnid for c in self.classes()}
         if split == "train":
             return self._class_folders(folder, known)
@@ -447,11 +451,11 @@ class KaggleLayout(Layout):
     solution = "LOC_val_solution.csv"
 
     def splits(self) -> list[str]:
-        return [s for s in SPLITS if self.fs.isdir(f"{self.root}/{self.data}/{s}")]
+        return [s for s in SPLITS if self.fs.isdir(posixpath.join(self.root, self.data, s))]
 
     def _read_classes(self) -> list[ClassInfo]:
         words: dict[str, str] = {}
-        text = self.fs.cat_file(f"{self.root}/{self.mapping}").decode("utf-8", "replace")
+        text = self.fs.cat_file(posixpath.join(self.root, self.mapping)).decode("utf-8", "replace")
         for line_no, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -464,7 +468,7 @@ class KaggleLayout(Layout):
         return sorted_classes(words)
 
     def _val_labels(self, known: set[str]) -> dict[str, str]:
-        path = f"{self.root}/{self.solution}"
+        path = posixpath.join(self.root, self.solution)
         if not self.fs.isfile(path):
             raise LayoutError(f"{self.src}: {self.solution} is missing; it holds the val labels")
         rows = csv.reader(io.StringIO(self.fs.cat_file(path).decode("utf-8", "replace")))
@@ -479,7 +483,7 @@ class KaggleLayout(Layout):
         return labels
 
     def _samples(self, split: str) -> list[SourceRef]:
-        folder = f"{self.root}/{self.data}/{split}"
+        folder = posixpath.join(self.root, self.data, split)
         known = {c.wnid for c in self.classes()}
         if split == "train":
             return self._class_folders(folder, known)
@@ -513,8 +517,8 @@ def _looked_for() -> str:
 
 def detect(src: str) -> Layout:
     """The layout of the ILSVRC copy in `src` (any fsspec URL), with its class list already read."""
-    fs, root = fsspec.core.url_to_fs(src)
-    root = root.rstrip("/") or "/"
+    fs, root = urls.filesystem(src)
+    root = root.rstrip("/") or ("/" if root.startswith("/") else "")  # zip:// has root ""
     if not fs.isdir(root):
         raise LayoutError(f"{src}: no such folder; expected an ILSVRC copy: {_looked_for()}")
     names = {posixpath.basename(e["name"].rstrip("/")): e["type"] for e in fs.ls(root, detail=True)}
@@ -525,7 +529,7 @@ def detect(src: str) -> Layout:
                 raise LayoutError(f"{src}: found the raw-{year} tars but not {devkit} (it names the classes)")
             layout = RawLayout(src, fs, root, year, train, val, devkit)
             break
-    if layout is None and fs.isdir(f"{root}/{KaggleLayout.data}"):
+    if layout is None and fs.isdir(posixpath.join(root, KaggleLayout.data)):
         if names.get(KaggleLayout.mapping) != "file":
             raise LayoutError(
                 f"{src}: found {KaggleLayout.data}/ but not {KaggleLayout.mapping} (it names the classes)"

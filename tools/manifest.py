@@ -11,9 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-import fsspec
-
-from tools import atomic
+from tools import atomic, urls
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -77,8 +75,8 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def load(shards: str) -> dict[str, Any]:
-    url = f"{shards.rstrip('/')}/{MANIFEST}"
-    fs, path = fsspec.core.url_to_fs(url)
+    url = urls.join(shards.rstrip("/"), MANIFEST)
+    fs, path = urls.filesystem(url)
     if not fs.exists(path):
         raise ManifestError(f"{url}: no manifest (run `alexnet-prep shard` first, or it did not finish)")
     try:

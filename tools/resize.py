@@ -15,11 +15,12 @@ target; `alexnet-prep bench` measures it) while doing less work:
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from paper import STORED_SIZE
 
@@ -28,6 +29,10 @@ from paper import STORED_SIZE
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 DEFAULT_QUALITY = 90
+TRANSPARENT_BACKGROUND = (255, 255, 255)  # white: see to_rgb
+# Formats whose mode "I" holds 16-bit samples: Pillow opens 16-bit PGM/PPM as "I" scaled to 0..65535
+# (older Pillow releases open 16-bit grey PNGs as "I" too); a TIFF's "I" is a full 32-bit integer.
+SIXTEEN_BIT_I = ("PNG", "PPM")
 
 
 class DecodeError(ValueError):
@@ -72,12 +77,45 @@ def decode_rgb(data: bytes, draft_size: int | None = STORED_SIZE) -> tuple[Image
         if draft_size and im.format == "JPEG":
             im.draft("RGB", (draft_size, draft_size))
         im.load()
+    except UnidentifiedImageError:
+        # Pillow's own text names the BytesIO object by its address, which differs every run.
+        raise DecodeError("not an image file (no decoder recognises its bytes)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DecodeError(str(e) or type(e).__name__) from e
-    if im.mode != "RGB":
-        # CMYK (Adobe-inverted in ImageNet), L, P and RGBA all go through Pillow's converters.
-        im = im.convert("RGB")
-    return im, width, height
+        raise DecodeError(_stable(str(e)) or type(e).__name__) from e
+    return to_rgb(im), width, height
+
+
+def _stable(message: str) -> str:
+    """The message without object addresses ("<... at 0x7f..>"), so manifests repeat byte for byte."""
+    return re.sub(r"<([\w.]+) object at 0x[0-9a-fA-F]+>", r"<\1>", message)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB with the image's real tones.
+
+    Pillow's convert("RGB") is right for CMYK (Adobe-inverted in ImageNet), L and P, but clips
+    16-bit grey (I;16, a 16-bit PNG or TIFF) at 255, so a mid-grey comes out white, and drops alpha,
+    so a transparent region shows whatever colour the encoder left under it (often black). Here
+    16-bit values are scaled (65535 -> 255) and transparency is composited over white, which is
+    how a browser shows a transparent web image on a plain page (ImageNet's images were collected
+    and labelled from web pages). 32-bit integer and float pixels (I from TIFF, F) have no standard
+    white level, so they are refused with a stable reason (the image is skipped and recorded).
+    """
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format in SIXTEEN_BIT_I):
+        grey = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+        transparency = im.info.get("transparency")
+        im = Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8), "L")
+        if isinstance(transparency, int):  # a 16-bit grey tRNS value marks its pixels transparent
+            alpha = np.where(grey == transparency, 0, 255).astype(np.uint8)
+            im = Image.merge("LA", (im, Image.fromarray(alpha, "L")))
+    elif im.mode in ("I", "F"):
+        kind = "32-bit float" if im.mode == "F" else "32-bit integer"
+        raise DecodeError(f"{kind} pixels (mode {im.mode}) have no standard white level; "
+                          "store it with 8 or 16 bits per channel")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, TRANSPARENT_BACKGROUND + (255,)), rgba)
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def center_box(width: int, height: int, size: int = STORED_SIZE) -> tuple[float, float, float, float]:

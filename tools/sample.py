@@ -35,12 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import scipy.io
 from PIL import Image, ImageChops, ImageDraw
 
-from tools import atomic
+from tools import atomic, urls
 from tools.layouts import RAW_YEARS
 
 LAYOUTS = ("raw", "folders", "kaggle")
@@ -143,7 +142,7 @@ def make_sample(
         "year": year,
     }
     _check(params)
-    fs, root = fsspec.core.url_to_fs(out)
+    fs, root = urls.filesystem(out)
     root = root.rstrip("/")
     done = _existing(fs, root, out, params)
     if done is not None:
@@ -168,7 +167,7 @@ def make_sample(
             if im.quirk
         ],
     }
-    atomic.write_json(fs.unstrip_protocol(f"{root}/{MARKER}"), {"params": params, "summary": summary})
+    atomic.write_json(f"{root}/{MARKER}", {"params": params, "summary": summary}, fs)
     return summary
 
 
@@ -442,7 +441,7 @@ def _write_devkit(
         (f"{folder}/data/meta.mat", meta),
         (f"{folder}/data/ILSVRC{year}_validation_ground_truth.txt", truth),
     ]
-    with atomic.atomic_write(fs.unstrip_protocol(path)) as f:
+    with atomic.atomic_write(path, fs) as f:
         # mtime=0 and no file name: gzip otherwise stamps both into its header.
         with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz:
             with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -469,13 +468,13 @@ def _write_raw(
     fs: Any, root: str, cls: list[_Class], train: list[_Image], val: list[_Image], seed: int, year: int
 ) -> dict[str, str]:
     train_tar, val_tar, devkit = RAW_YEARS[year]
-    with atomic.atomic_write(fs.unstrip_protocol(f"{root}/{train_tar}")) as f:
+    with atomic.atomic_write(f"{root}/{train_tar}", fs) as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as outer:
             # `train` is grouped by class, so each inner tar is built and added in turn.
             for wnid, group in itertools.groupby(_rendered(train), key=lambda r: r[0].cls.wnid):
                 _add(outer, f"{wnid}.tar", _tar_bytes([(f"{im.key}.JPEG", data) for im, data, _ in group]))
     files = [(f"{im.key}.JPEG", data) for im, data, _ in _rendered(val)]
-    atomic.write_bytes(fs.unstrip_protocol(f"{root}/{val_tar}"), _tar_bytes(files))
+    atomic.write_bytes(f"{root}/{val_tar}", _tar_bytes(files), fs)
     _write_devkit(fs, f"{root}/{devkit}", cls, val, len(train) // len(cls), seed, year)
     return {im.key: f"{train_tar}/{im.cls.wnid}.tar/{im.key}.JPEG" for im in train}
 
@@ -512,7 +511,7 @@ def _write_kaggle(
     paths.update({im.key: f"{data}/val/{im.key}.JPEG" for im in val})
     boxes = _write_loose(fs, root, paths, train + val)
     mapping = "".join(f"{c.wnid} {c.words}\n" for c in cls)
-    atomic.write_bytes(fs.unstrip_protocol(f"{root}/LOC_synset_mapping.txt"), mapping.encode())
+    atomic.write_bytes(f"{root}/LOC_synset_mapping.txt", mapping.encode(), fs)
     # Kaggle's solution rows come in no particular order; shuffle so readers cannot rely on one.
     for k, (name, ims) in enumerate((("LOC_train_solution.csv", train), ("LOC_val_solution.csv", val))):
         buf = io.StringIO()
@@ -521,5 +520,5 @@ def _write_kaggle(
         for i in np.random.default_rng([seed, 5, k]).permutation(len(ims)):
             im = ims[int(i)]
             rows.writerow([im.key, f"{im.cls.wnid} {' '.join(map(str, boxes[im.key]))} "])
-        atomic.write_bytes(fs.unstrip_protocol(f"{root}/{name}"), buf.getvalue().encode())
+        atomic.write_bytes(f"{root}/{name}", buf.getvalue().encode(), fs)
     return paths

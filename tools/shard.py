@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import posixpath
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import fsspec
 from tqdm import tqdm
 
-from tools import atomic, manifest
+from tools import atomic, manifest, urls
 from tools.layouts import Layout, SourceRef, detect
+from tools.lock import RunLock
 from tools.resize import DEFAULT_QUALITY
 from tools.writer import DEFAULT_SHARD_SIZE, STATE_DIR, ShardPlan, finished_record, plan_shards, write_shard
 
 SPLITS = ("train", "val")
 OPTIONS_FILE = f"{STATE_DIR}/options.json"
+MAX_SEED = 2**63 - 1  # numpy takes any non-negative int; capped so it fits every JSON reader's int64
 
 
 class ShardError(ValueError):
@@ -51,6 +54,11 @@ class ShardSettings:
         if bad or not self.splits:
             named = ",".join(bad) or "(none)"
             raise ShardError(f"--split: unknown split {named}; choose from {','.join(SPLITS)}")
+        twice = sorted({s for s in self.splits if self.splits.count(s) > 1})
+        if twice:
+            # Refused rather than deduplicated: a split written twice doubled its samples and its
+            # pixels in pca-stats; the intent of a repeated split is a guess we do not make.
+            raise ShardError(f"--split: {','.join(twice)} given more than once ({','.join(self.splits)})")
         if self.shard_size < 1:
             raise ShardError(f"--shard-size must be >= 1, got {self.shard_size}")
         if not 1 <= self.quality <= 100:
@@ -60,7 +68,11 @@ class ShardSettings:
         for name, v in (("--limit-classes", self.limit_classes), ("--per-class", self.per_class)):
             if v is not None and v < 1:
                 raise ShardError(f"{name} must be >= 1, got {v}")
-        if self.num_nodes < 1 or not 0 <= self.node_rank < self.num_nodes:
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ShardError(f"--seed must be in 0..2**63-1, got {self.seed}")
+        if self.num_nodes < 1:
+            raise ShardError(f"--num-nodes must be >= 1, got {self.num_nodes}")
+        if not 0 <= self.node_rank < self.num_nodes:
             raise ShardError(f"--node-rank must be in 0..{self.num_nodes - 1}, got {self.node_rank}")
 
     def options(self) -> dict[str, Any]:
@@ -99,14 +111,36 @@ def select(
     return [{"index": c.index, "wnid": c.wnid, "words": c.words} for c in classes], sources
 
 
-def _prepare_out(settings: ShardSettings) -> None:
-    """Refuse to mix runs with different options in one folder; clear leftovers of a killed run."""
-    fs, root = fsspec.core.url_to_fs(settings.out)
-    fs.makedirs(f"{root}/{STATE_DIR}", exist_ok=True)
+def lock_name(settings: ShardSettings) -> str:
+    """One lock per node: the nodes of a multi-node run write into one folder at the same time."""
+    if settings.num_nodes == 1:
+        return ".prep.lock"
+    return f".prep.node-{settings.node_rank}-of-{settings.num_nodes}.lock"
+
+
+def _run_lock(settings: ShardSettings, log: Callable[[str], None]) -> AbstractContextManager[Any]:
+    local = urls.local_path(settings.out)
+    if local is None:
+        if not urls.in_process(settings.out):
+            log(f"{settings.out}: not a local folder, so no lock: do not start a second run into it")
+        return nullcontext()
+    os.makedirs(local, exist_ok=True)
+    return RunLock(os.path.join(local, lock_name(settings)), "alexnet-prep shard", log=log)
+
+
+def _prepare_out(settings: ShardSettings, owned: set[str] | None) -> None:
+    """Refuse to mix runs with different options in one folder; clear leftovers of a killed run.
+
+    Under the lock, temp files can only come from a killed run, except in a multi-node run, where
+    other nodes write into the same folder right now: there only those of names this node writes
+    (`owned`) are removed.
+    """
+    fs, root = urls.filesystem(settings.out)
+    fs.makedirs(posixpath.join(root, STATE_DIR), exist_ok=True)
     earlier = None
     for name in (OPTIONS_FILE, manifest.MANIFEST):
-        if fs.exists(f"{root}/{name}"):
-            data = atomic.read_json(f"{settings.out}/{name}")
+        if fs.exists(posixpath.join(root, name)):
+            data = atomic.read_json(urls.join(settings.out, name))
             earlier = data.get("options", data)
             break
     if earlier is not None and earlier != settings.options():
@@ -120,12 +154,18 @@ def _prepare_out(settings: ShardSettings) -> None:
             if name.endswith((".tar", ".idx", ".sum.npy")) or name.startswith("manifest") or name in (
                     "pca.json", "mean.npy"):
                 fs.rm(p)
-        fs.rm(f"{root}/{STATE_DIR}", recursive=True)
-        fs.makedirs(f"{root}/{STATE_DIR}", exist_ok=True)
+        fs.rm(posixpath.join(root, STATE_DIR), recursive=True)
+        fs.makedirs(posixpath.join(root, STATE_DIR), exist_ok=True)
     for p in fs.ls(root, detail=False):
-        if ".tmp-" in p.rsplit("/", 1)[-1]:
+        name = p.rsplit("/", 1)[-1]
+        if ".tmp-" in name and (owned is None or name[1:].split(".tmp-", 1)[0] in owned):  # temp_name
             fs.rm(p)
-    atomic.write_json(f"{settings.out}/{OPTIONS_FILE}", settings.options())
+    atomic.write_json(urls.join(settings.out, OPTIONS_FILE), settings.options())
+
+
+def _owned_names(plans: list[ShardPlan], manifest_name: str) -> set[str]:
+    stems = [p.name[: -len(".tar")] for p in plans]
+    return {manifest_name} | {f"{s}{ext}" for s in stems for ext in (".tar", ".idx", ".sum.npy")}
 
 
 _counter: Any = None
@@ -171,16 +211,30 @@ def _run_jobs(jobs: list[tuple[ShardPlan, str, dict[str, int], int]], workers: i
 def run(settings: ShardSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Shard everything `settings` asks for; returns the manifest written (node manifest if K > 1)."""
     settings.validate()
-    layout = detect(settings.src)
+    urls.filesystem(settings.out)  # an unknown protocol or a missing package fails before any work
+    workers = settings.workers
+    if workers > 1 and (urls.in_process(settings.src) or urls.in_process(settings.out)):
+        # Worker processes would read an empty memory:// and write into their own copy, lost on exit.
+        log("memory:// exists only in this process: writing with 1 worker")
+        workers = 1
+    layout = detect(settings.src)  # reads only the class list: seconds, before --out is touched
+    with _run_lock(settings, log):  # before the listing, which takes minutes on the raw train tar
+        return _shard_locked(settings, layout, workers, log)
+
+
+def _shard_locked(settings: ShardSettings, layout: Layout, workers: int,
+                  log: Callable[[str], None]) -> dict[str, Any]:
     raw = layout.name.startswith("raw")
     slow = " (reads every tar member header: ~1.5 min for the full train tar)" if raw else ""
     log(f"{settings.src}: {layout.name} layout; listing the images{slow}")
     classes, sources = select(layout, settings)
     labels = {c["wnid"]: c["index"] for c in classes}
     plans = {s: plan_shards(sources[s], s, settings.shard_size, settings.seed) for s in settings.splits}
-    _prepare_out(settings)
     every = [p for s in settings.splits for p in plans[s]]
     mine = [p for i, p in enumerate(every) if i % settings.num_nodes == settings.node_rank]
+    name = (manifest.MANIFEST if settings.num_nodes == 1
+            else manifest.node_manifest_name(settings.node_rank, settings.num_nodes))
+    _prepare_out(settings, None if settings.num_nodes == 1 else _owned_names(mine, name))
     done = {p.name: r for p in mine if (r := finished_record(p, settings.out)) is not None}
     todo = [p for p in mine if p.name not in done]
     log(f"{len(classes)} classes, "
@@ -188,9 +242,7 @@ def run(settings: ShardSettings, log: Callable[[str], None] = print) -> dict[str
         + (f"; resuming, {len(done)} shards already done" if done else ""))
     jobs = [(p, settings.out, labels, settings.quality) for p in todo]
     with tqdm(total=sum(len(p.refs) for p in todo), unit="img", desc="shard", smoothing=0.1) as bar:
-        records = list(done.values()) + _run_jobs(jobs, settings.workers, bar)
+        records = list(done.values()) + _run_jobs(jobs, workers, bar)
     result = manifest.build(settings.options(), classes, {s: len(plans[s]) for s in settings.splits}, records)
-    name = (manifest.MANIFEST if settings.num_nodes == 1
-            else manifest.node_manifest_name(settings.node_rank, settings.num_nodes))
-    atomic.write_json(f"{settings.out}/{name}", result)
+    atomic.write_json(urls.join(settings.out, name), result)
     return result

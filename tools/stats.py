@@ -15,8 +15,9 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
-from tools import atomic, manifest, wds
+from tools import atomic, manifest, urls, wds
 from tools.resize import decode_stored
+from tools.statfiles import MEAN_FILE, PCA_FILE
 from tools.writer import PixelSums
 
 
@@ -24,16 +25,29 @@ class StatsError(ValueError):
     pass
 
 
-def shard_sums(tar_url: str) -> PixelSums:
-    """Decode every `jpg` of one shard and sum its pixels."""
+def shard_sums(job: tuple[str, int]) -> PixelSums:
+    """Decode every `jpg` of one shard (URL, sample count in the manifest) and sum its pixels."""
+    tar_url, samples = job
     sums = PixelSums(per_pixel=True)
-    with fsspec.open(tar_url, "rb") as f:
-        for sample in wds.tar_file_iterator(f):
-            if sample["fname"].endswith(".jpg"):
-                try:
-                    sums.add(decode_stored(sample["data"]))
-                except OSError as e:
-                    raise StatsError(f"{tar_url}: {sample['fname']}: does not decode ({e})") from e
+    images = 0
+    try:
+        with fsspec.open(tar_url, "rb") as f:
+            for sample in wds.tar_file_iterator(f):
+                if sample["fname"].endswith(".jpg"):
+                    try:
+                        sums.add(decode_stored(sample["data"]))
+                    except OSError as e:
+                        raise StatsError(f"{tar_url}: {sample['fname']}: does not decode ({e})") from e
+                    images += 1
+    except StatsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tarfile, webdataset and fsspec raise many types on a bad tar
+        raise StatsError(f"{tar_url}: unreadable after {images} images ({type(e).__name__}: {e}); "
+                         "truncated? `alexnet-prep verify` checks every shard") from None
+    if images != samples:
+        # A tar cut at a member boundary reads cleanly: only the count shows it.
+        raise StatsError(f"{tar_url}: {images} images, manifest says {samples}; truncated or replaced? "
+                         "`alexnet-prep verify` checks every shard")
     return sums
 
 
@@ -72,7 +86,7 @@ def _sums_from_manifest(shards: str, m: dict[str, Any]) -> PixelSums:
     for s in m["splits"]["train"]["shards"]:
         total.merge(PixelSums.from_json(s["sums"]))
         if s.get("pixel_sum"):
-            with fsspec.open(f"{shards}/{s['pixel_sum']}", "rb") as f:
+            with fsspec.open(urls.join(shards, s["pixel_sum"]), "rb") as f:
                 total.image += np.load(io.BytesIO(f.read()))
     return total
 
@@ -87,20 +101,19 @@ def compute(shards: str, from_manifest: bool = False, workers: int = 1) -> dict[
     if from_manifest:
         sums = _sums_from_manifest(shards, m)
     else:
-        urls = [f"{shards}/{s['name']}" for s in train["shards"]]
-        bar = tqdm(total=len(urls), unit="shard", desc="pca-stats")
-        if workers > 1 and len(urls) > 1:
-            with mp.get_context("spawn").Pool(min(workers, len(urls))) as pool:
-                parts = []
-                for p in pool.imap_unordered(shard_sums, urls):
-                    parts.append(p)
+        jobs = [(urls.join(shards, s["name"]), s["samples"]) for s in train["shards"]]
+        parts = []
+        # `with`: an error closes the bar first, so the error prints on a line of its own
+        with tqdm(total=len(jobs), unit="shard", desc="pca-stats") as bar:
+            if workers > 1 and len(jobs) > 1 and not urls.in_process(shards):
+                with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                    for p in pool.imap_unordered(shard_sums, jobs):
+                        parts.append(p)
+                        bar.update()
+            else:
+                for job in jobs:
+                    parts.append(shard_sums(job))
                     bar.update()
-        else:
-            parts = []
-            for u in urls:
-                parts.append(shard_sums(u))
-                bar.update()
-        bar.close()
         sums = _combine(parts)
     stats = from_sums(sums)
     stats["shards"] = manifest.shard_list_hash(m)
@@ -108,6 +121,6 @@ def compute(shards: str, from_manifest: bool = False, workers: int = 1) -> dict[
     mean_image = (sums.image.astype(np.float64) / images).astype(np.float32)
     buf = io.BytesIO()
     np.save(buf, mean_image)
-    atomic.write_bytes(f"{shards}/mean.npy", buf.getvalue())
-    atomic.write_json(f"{shards}/pca.json", stats)
+    atomic.write_bytes(urls.join(shards, MEAN_FILE), buf.getvalue())
+    atomic.write_json(urls.join(shards, PCA_FILE), stats)
     return stats

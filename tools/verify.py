@@ -15,13 +15,13 @@ import multiprocessing as mp
 import struct
 from typing import Any
 
-import fsspec
 from tqdm import tqdm
 
 from paper import STORED_SIZE
-from tools import manifest, wds
+from tools import manifest, urls, wds
 from tools.index import build_index, index_path
 from tools.resize import decode_stored
+from tools.statfiles import MEAN_FILE, PCA_FILE, StatFileError, read_mean_image, read_pca
 
 REQUIRED = ("jpg", "cls", "lbl", "json")
 
@@ -58,8 +58,8 @@ def verify_shard(args: tuple[str, dict[str, Any], int]) -> tuple[list[str], list
     """Problems found in one shard, and the keys it holds."""
     root, entry, num_classes = args
     name = entry["name"]
-    url = f"{root}/{name}"
-    fs, path = fsspec.core.url_to_fs(url)
+    url = urls.join(root, name)
+    fs, path = urls.filesystem(url)
     if not fs.exists(path):
         return [f"{name}: missing"], []
     problems, keys = [], []
@@ -107,7 +107,7 @@ def verify(shards: str, workers: int = 1) -> list[str]:
     problems: list[str] = []
     owner: dict[str, str] = {}
     bar = tqdm(total=len(jobs), unit="shard", desc="verify")
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and len(jobs) > 1 and not urls.in_process(shards):
         with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
             results = list(zip(jobs, pool.imap(verify_shard, jobs)))
     else:
@@ -124,17 +124,28 @@ def verify(shards: str, workers: int = 1) -> list[str]:
         if len(body["shards"]) != body.get("planned_shards", len(body["shards"])):
             listed = len(body["shards"])
             problems.append(f"{split}: manifest lists {listed} of {body['planned_shards']} shards")
-    fs, root = fsspec.core.url_to_fs(shards)
+    fs, root = urls.filesystem(shards)
     listed = {e["name"] for e in entries}
     for p in fs.ls(root, detail=False):
         name = p.rsplit("/", 1)[-1]
         if name.endswith(".tar") and name not in listed:
             problems.append(f"{name}: tar not listed in the manifest")
-    if fs.exists(f"{root}/pca.json"):
-        with fs.open(f"{root}/pca.json", "rb") as f:
-            pca = json.loads(f.read())
+    if m["splits"].get("train", {}).get("shards"):  # pca-stats needs train shards; val-only has none
+        problems += _check_statistics(shards, m)
+    return problems
+
+
+def _check_statistics(shards: str, m: dict[str, Any]) -> list[str]:
+    """pca.json and mean.npy as training reads them (one shared check), and made from these shards."""
+    problems = []
+    try:
+        pca = read_pca(urls.join(shards, PCA_FILE))
         if pca.get("shards") != manifest.shard_list_hash(m):
-            problems.append("pca.json: made from other train shards (rerun alexnet-prep pca-stats)")
-        if not fs.exists(f"{root}/mean.npy"):
-            problems.append("mean.npy: missing beside pca.json (rerun alexnet-prep pca-stats)")
+            problems.append(f"{PCA_FILE}: made from other train shards (rerun alexnet-prep pca-stats)")
+    except StatFileError as e:
+        problems.append(str(e))
+    try:
+        read_mean_image(urls.join(shards, MEAN_FILE))
+    except StatFileError as e:
+        problems.append(str(e))
     return problems

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from paper import STORED_SIZE
-from tools import atomic, wds
+from tools import atomic, urls, wds
 from tools.index import write_index
 from tools.layouts import SourceRef, read_bytes
 from tools.resize import DEFAULT_QUALITY, DecodeError, process
@@ -107,7 +107,7 @@ class PixelSums:
 
 
 def record_url(out: str, shard_name: str) -> str:
-    return f"{out}/{STATE_DIR}/{shard_name}.json"
+    return urls.join(out, STATE_DIR, f"{shard_name}.json")
 
 
 def write_shard(
@@ -122,7 +122,7 @@ def write_shard(
     An image that does not decode is skipped and listed with its reason; a source that cannot be
     read at all (missing file, I/O error) raises, naming it.
     """
-    tar_url = f"{out}/{plan.name}"
+    tar_url = urls.join(out, plan.name)
     sums = PixelSums(per_pixel=plan.split == "train")
     skipped: list[dict[str, str]] = []
     written = 0
@@ -159,12 +159,12 @@ def write_shard(
         "pixel_sum": None,
     }
     if written:
-        record["index"] = write_index(tar_url).rsplit("/", 1)[-1]
+        record["index"] = urls.split(write_index(tar_url))[1]
     if sums.image is not None:
         name = plan.name[: -len(".tar")] + ".sum.npy"
         buf = io.BytesIO()
         np.save(buf, sums.image)
-        atomic.write_bytes(f"{out}/{name}", buf.getvalue())
+        atomic.write_bytes(urls.join(out, name), buf.getvalue())
         record["pixel_sum"] = name
     atomic.write_json(record_url(out, plan.name), record)
     return record
@@ -172,9 +172,9 @@ def write_shard(
 
 def finished_record(plan: ShardPlan, out: str) -> dict[str, Any] | None:
     """The completion record of a shard an earlier run finished, if its tar is still intact in size."""
-    fs, root = fsspec.core.url_to_fs(out)
-    rec_path = f"{root}/{STATE_DIR}/{plan.name}.json"
-    tar_path = f"{root}/{plan.name}"
+    fs, root = urls.filesystem(out)
+    rec_path = posixpath.join(root, STATE_DIR, f"{plan.name}.json")
+    tar_path = posixpath.join(root, plan.name)
     if not fs.exists(rec_path) or not fs.exists(tar_path):
         return None
     record = atomic.read_json(record_url(out, plan.name))
