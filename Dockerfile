@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The image of `docker compose up` (docker-compose.yml runs prep -> train -> report, and TensorBoard):
 #
 #   docker compose up                                          # the embedded sample, end to end
