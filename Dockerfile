@@ -1,8 +1,12 @@
-# syntax=docker/dockerfile:1
 # The image of `docker compose up` (docker-compose.yml runs prep -> train -> report, and TensorBoard):
 #
-#   docker compose up                                          # the embedded sample, end to end
-#   ILSVRC_DIR=/data/ILSVRC2012 EPOCHS=90 docker compose up    # a real ILSVRC copy, mounted read-only
+#   docker compose up                                          # the embedded sample, end to end (CPU)
+#   ILSVRC_DIR=/data/ILSVRC2012 EPOCHS=90 docker compose -f docker-compose.yml -f docker-compose.gpu.yml up
+#
+# Needs BuildKit (the cache mount below): the default from Docker 23, DOCKER_BUILDKIT=1 on 20.10. No
+# `# syntax=` line: it would fetch the Dockerfile frontend from Docker Hub at every build, which fails
+# on machines without registry access; the frontend built into BuildKit reads everything used here.
+# Without registry access, build the base image with docker/local-base.sh and pass it as BASE.
 #
 # Base: PyTorch's official CUDA 13.0 runtime image, pinned by tag. Its torch is 2.13.0, the version the
 # Makefile (and so CI) tests with; DALI is nvidia-dali-cuda130, the build pyproject.toml names. CUDA 13

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 DEMO ?= out/demo
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo test test-all test-docker lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,8 @@ lint: install
 
 clean:
 	rm -rf $(VENV) out
+
+# The real compose stack (build, prep, train 1 epoch, report, TensorBoard, stop and resume) where a Docker
+# engine runs; skipped otherwise. ALEXNET_BASE_IMAGE=... for a base image built with docker/local-base.sh.
+test-docker: install
+	$(BIN)/pytest -q -s -m slow tests/test_compose_stack.py

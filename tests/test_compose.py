@@ -1,4 +1,5 @@
-"""docker-compose.yml, Dockerfile and .env.example, checked without a Docker engine.
+"""docker-compose.yml (the CPU route), docker-compose.gpu.yml (added for the GPU route), Dockerfile and
+.env.example, checked without a Docker engine (tests/test_compose_stack.py runs the real stack).
 
 The compose file is interpolated as compose does it (`${VAR}`, `${VAR:-default}`, `${VAR-default}`, `$$`),
 validated against the Compose Specification schema (tests/data/compose-spec.json, from Debian's
@@ -25,6 +26,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
+ROUTES = {"cpu": [COMPOSE], "gpu": [COMPOSE, GPU_COMPOSE]}
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
@@ -84,17 +87,29 @@ def interpolate(node: Any, env: dict[str, str], uses: Uses | None = None) -> Any
     return node
 
 
-def raw_compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())  # anchors and `<<` merge keys resolved, as compose does
+def merge(base: Any, override: Any) -> Any:
+    """`docker compose -f base -f override`: mappings merge key by key, anything else is replaced
+    (compose merges some lists, e.g. ports, by value; the override file here holds mappings only)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {k: merge(base[k], v) if k in base else v for k, v in override.items()} | \
+            {k: v for k, v in base.items() if k not in override}
+    return override
 
 
-def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
-    return interpolate(raw_compose(), env or {})
+def raw_compose(route: str = "cpu") -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for path in ROUTES[route]:  # anchors and `<<` merge keys resolved, as compose does
+        doc = merge(doc, yaml.safe_load(path.read_text()))
+    return doc
+
+
+def compose(env: dict[str, str] | None = None, route: str = "cpu") -> dict[str, Any]:
+    return interpolate(raw_compose(route), env or {})
 
 
 def used_variables() -> Uses:
     uses = Uses()
-    interpolate(raw_compose(), {}, uses)
+    interpolate(raw_compose("gpu"), {}, uses)
     return uses
 
 
@@ -132,20 +147,32 @@ def validator() -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
+def test_merge_follows_compose() -> None:
+    base = {"services": {"train": {"image": "a", "ipc": "host"}}, "volumes": {"runs": None}}
+    override = {"services": {"train": {"deploy": {"x": 1}, "image": "b"}}}
+    assert merge(base, override) == {"services": {"train": {"image": "b", "ipc": "host", "deploy": {"x": 1}}},
+                                     "volumes": {"runs": None}}
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("env", [{}, {"ILSVRC_DIR": "/data/ILSVRC2012", "EPOCHS": "90", "GPUS": "2",
                                       "SHARDS_DIR": "/big/shards", "RUNS_DIR": "./runs"}],
                          ids=["no settings", "ILSVRC"])
-def test_compose_file_is_valid(validator: jsonschema.protocols.Validator, env: dict[str, str]) -> None:
-    errors = sorted(validator.iter_errors(compose(env)), key=lambda e: list(e.path))
+def test_compose_file_is_valid(validator: jsonschema.protocols.Validator, env: dict[str, str],
+                               route: str) -> None:
+    errors = sorted(validator.iter_errors(compose(env, route)), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
 
 
 def test_the_schema_is_not_vacuous(validator: jsonschema.protocols.Validator) -> None:
-    bad = compose()
+    bad = compose(route="gpu")
     bad["services"]["train"]["deploy"]["resources"]["reservations"]["devices"][0]["capability"] = ["gpu"]
     assert not validator.is_valid(bad)
     bad = compose()
     bad["services"]["train"]["depends_on"]["prep"]["condition"] = "service_completed"
+    assert not validator.is_valid(bad)
+    bad = compose()
+    bad["services"]["train"]["init"] = "yes"
     assert not validator.is_valid(bad)
 
 
@@ -165,16 +192,56 @@ def volumes(service: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
-def test_train_gets_gpus_and_waits_for_prep() -> None:
-    raw = raw_compose()["services"]["train"]
-    train = compose()["services"]["train"]
+def test_cpu_route_asks_for_no_device() -> None:
+    """`docker compose up` must run where there is no NVIDIA Container Toolkit: no reservation at all."""
+    for name, svc in compose()["services"].items():
+        assert "deploy" not in svc and "devices" not in svc and "runtime" not in svc, name
+
+
+def test_gpu_route_gives_train_gpus_and_changes_nothing_else() -> None:
+    raw = raw_compose("gpu")["services"]["train"]
+    train = compose(route="gpu")["services"]["train"]
     devices = train["deploy"]["resources"]["reservations"]["devices"]
     gpus = [d for d in devices if "gpu" in d.get("capabilities", [])]
     assert gpus and gpus[0]["driver"] == "nvidia"
     count = raw["deploy"]["resources"]["reservations"]["devices"][0]["count"]
     assert re.fullmatch(r"\$\{\w+:-\w+\}", str(count)), "GPU count from the environment"
+    gpu, cpu = compose(route="gpu"), compose()
+    del gpu["services"]["train"]["deploy"]
+    assert gpu == cpu
+
+
+def test_train_waits_for_prep_and_report_for_train() -> None:
+    services = compose()["services"]
+    train = services["train"]
     assert train.get("ipc") == "host" or "shm_size" in train, "DALI and PyTorch need more /dev/shm than 64 MB"
     assert train["depends_on"]["prep"]["condition"] == "service_completed_successfully"
+    assert services["report"]["depends_on"]["train"]["condition"] == "service_completed_successfully"
+
+
+def seconds(duration: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(h|m|s)", duration))
+
+
+def test_stop_signals_reach_the_programs() -> None:
+    """`docker compose stop` / Ctrl-C: an init passes SIGTERM on (sh as PID 1 would drop it), the
+    trainer is exec'd so it is the one that gets it, and it has time to write its checkpoint."""
+    services = compose()["services"]
+    for name, svc in services.items():
+        assert svc.get("init") is True, f"{name}: no init, so SIGTERM would not reach its program"
+        if svc["command"][:2] == ["sh", "-c"]:
+            assert svc["environment"].get("TINI_KILL_PROCESS_GROUP") == "1", name
+    train = services["train"]["command"][2]
+    assert re.search(r"^\s*exec alexnet-train ", train, re.M), "alexnet-train must replace the shell"
+    assert seconds(services["train"]["stop_grace_period"]) >= 60
+
+
+@pytest.mark.parametrize("service, target", [("prep", "/shards"), ("train", "/runs")])
+def test_unwritable_mounts_get_one_line(service: str, target: str) -> None:
+    script = compose()["services"][service]["command"][2]
+    check = re.search(rf"if \[ ! -w {target} \]; then\n\s*echo \"(.*)\" >&2\n\s*exit 1", script)
+    assert check and "chown" in check.group(1), f"{service}: no one-line error for an unwritable {target}"
 
 
 def test_tensorboard_serves_the_runs() -> None:
