@@ -94,4 +94,5 @@ def test_model_state_is_placement_free(tmp_path: Path) -> None:
     one.load_state_dict(loaded["model"])
     x = torch.randn(2, 3, 224, 224)
     two.eval(), one.eval()
-    assert torch.equal(two(x), one(x))
+    with torch.no_grad():  # the one-device model runs grouped kernels: the same sums in another order
+        torch.testing.assert_close(one(x), two(x), rtol=1e-5, atol=1e-5 * two(x).abs().max().item())
