@@ -240,7 +240,8 @@ def close(got: torch.Tensor, expected: torch.Tensor, name: str) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale, msg=name)
 
 
-def test_grouped_path_equals_the_two_columns(model: AlexNet, split_model: AlexNet, images: torch.Tensor) -> None:
+def test_grouped_path_equals_the_two_columns(model: AlexNet, split_model: AlexNet,
+                                             images: torch.Tensor) -> None:
     assert model.grouped and not split_model.grouped
     assert {k: v.shape for k, v in model.state_dict().items()} == {
         k: v.shape for k, v in split_model.state_dict().items()

@@ -86,7 +86,8 @@ def _conv(layers: nn.ModuleList, x: Tensor, groups: int) -> Tensor:
 
 def _linear(layers: nn.ModuleList, x: Tensor) -> Tensor:
     """Both columns' halves of fc6 or fc7 as one full-width layer (column 0's units first)."""
-    return F.linear(x, torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers]))
+    weight = torch.cat([layer.weight for layer in layers])
+    return F.linear(x, weight, torch.cat([layer.bias for layer in layers]))
 
 
 class AlexNet(nn.Module):

@@ -403,10 +403,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def make_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, pos: Position, loader: Any,
-               cfg: TrainConfig, num_classes: int, world: distributed.World) -> dict[str, Any] | None:
+               cfg: TrainConfig, num_classes: int, world: distributed.World,
+               devices: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """The checkpoint state on rank 0 (None elsewhere). Every rank must call it: it gathers each
-    rank's RNG and loader states, which differ (dropout masks, shard_id)."""
-    per_rank = distributed.all_gather({"rng": checkpoint.rng_state(), "loader": loader_state(loader),
+    rank's RNG (of its replica's `devices`) and loader states, which differ (dropout masks, shard_id)."""
+    per_rank = distributed.all_gather({"rng": checkpoint.rng_state(devices), "loader": loader_state(loader),
                                        "pending": pos.pending.cpu()})
     if not world.main:
         return None
@@ -487,7 +488,8 @@ def main(cfg: TrainConfig, world: distributed.World | None = None) -> dict[str, 
         steps_per_epoch = len(train_loader)
 
         def save() -> None:
-            s = make_state(model, optimizer, scheduler, pos, train_loader, cfg, plan.num_classes, world)
+            s = make_state(model, optimizer, scheduler, pos, train_loader, cfg, plan.num_classes, world,
+                           devices)
             if s is not None:
                 checkpoint.save(out, s, pos.step, pos.epoch, pos.batch)
 
@@ -508,7 +510,7 @@ def main(cfg: TrainConfig, world: distributed.World | None = None) -> dict[str, 
         last: dict[str, Any] = {}
         while pos.epoch < cfg.epochs:
             if mid_epoch:
-                checkpoint.set_rng_state(state["rng"][world.rank])
+                checkpoint.set_rng_state(state["rng"][world.rank], devices)
                 pos.pending = state["pending"][world.rank].clone()
                 mid_epoch = False
             else:
