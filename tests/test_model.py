@@ -418,3 +418,25 @@ def test_bf16_autocast_on_cpu(request, images: torch.Tensor, which: str) -> None
     assert logits.dtype == torch.bfloat16
     assert torch.isfinite(logits).all()
     assert (logits.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+@pytest.mark.slow  # ~1.5-3 min on 2 cores: inductor compiles the forward and backward graphs for the CPU
+@pytest.mark.parametrize("devices", [("cpu", "cpu"), ("cpu",)], ids=["two-columns", "grouped"])
+def test_compiled_model_equals_eager(model: AlexNet, images: torch.Tensor, devices: tuple[str, ...]) -> None:
+    """--compile on a two-device replica (two logical CPUs: `_move` inside the graph) and on one."""
+    eager = AlexNet(devices=devices)
+    eager.load_state_dict(model.state_dict())
+    twin = AlexNet(devices=devices)
+    twin.load_state_dict(model.state_dict())
+    compiled = torch.compile(twin)
+    # Dropout off: inductor draws its masks with its own RNG, not eager's sequence.
+    eager.dropout.p = twin.dropout.p = 0.0
+    eager.train(), compiled.train()
+    eager_logits, eager_grads = forward_backward(eager, images)
+    logits, _ = forward_backward(compiled, images)
+    logits, grads = forward_backward(compiled, images)  # the second call runs the cached graphs
+    close(logits, eager_logits, "logits")
+    grads = {name.removeprefix("_orig_mod."): grad for name, grad in grads.items()}
+    assert grads.keys() == eager_grads.keys()
+    for name, grad in eager_grads.items():
+        close(grads[name], grad, name)
