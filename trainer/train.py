@@ -104,7 +104,8 @@ def check_devices(devices: tuple[str, ...], name: str = "--devices") -> None:
 
 
 def replica(devices: tuple[str, ...], world: distributed.World) -> tuple[str, ...]:
-    """This process's checked devices: `devices` (or the default) shifted to its local rank."""
+    """This process's checked devices: `devices` (or the default) shifted to its local rank, unless a
+    launcher gave the process its own GPUs (`own_gpus`)."""
     name = "--devices" if devices else "default devices"
     if not devices and torch.cuda.device_count() == 0:
         warnings.warn(f"no GPU visible (torch {torch.__version__}, CUDA build {torch.version.cuda}): "
@@ -418,7 +419,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def make_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, pos: Position, loader: Any,
                cfg: TrainConfig, num_classes: int, world: distributed.World,
-               devices: tuple[str, ...] = ()) -> dict[str, Any] | None:
+               devices: tuple[str, ...]) -> dict[str, Any] | None:
     """The checkpoint state on rank 0 (None elsewhere). Every rank must call it: it gathers each
     rank's RNG (of its replica's `devices`) and loader states, which differ (dropout masks, shard_id)."""
     per_rank = distributed.all_gather({"rng": checkpoint.rng_state(devices), "loader": loader_state(loader),
