@@ -177,3 +177,19 @@ def test_old_checkpoints_rng_list_still_loads(monkeypatch: pytest.MonkeyPatch) -
     assert gpus.states[0][0].item() == 10
     old["cuda"] = []  # written where CUDA was never initialised (a CPU run)
     checkpoint.set_rng_state(old, ("cpu",))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_round_trip_and_fewer_gpus_on_a_real_device(tmp_path: Path) -> None:
+    saved = checkpoint.rng_state(("cuda:0",))
+    first = torch.rand(4, device="cuda:0")
+    checkpoint.save(tmp_path, {"model": {}, "rng": [saved]}, 1, 0, 1)
+    loaded, _ = checkpoint.load_latest(tmp_path)
+    checkpoint.set_rng_state(loaded["rng"][0], ("cuda:0",))
+    assert torch.equal(torch.rand(4, device="cuda:0"), first)
+    # A two-GPU replica's state where only cuda:0 is used (on a one-GPU box: no crash).
+    two = dict(saved, cuda={"cuda:0": saved["cuda"]["cuda:0"], "cuda:1": saved["cuda"]["cuda:0"]})
+    with pytest.warns(UserWarning, match="restored 1"):
+        checkpoint.set_rng_state(two, ("cuda:0",))
+    assert torch.equal(torch.rand(4, device="cuda:0"), first)
