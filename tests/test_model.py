@@ -263,18 +263,6 @@ def test_grouped_path_equals_the_two_columns(model: AlexNet, split_model: AlexNe
         close(grouped_grads[name], grad, name)
 
 
-def test_split_on_one_device_is_the_same_computation(split_model: AlexNet, images: torch.Tensor) -> None:
-    """Two logical devices that are the same CPU give the very numbers of each column on its own."""
-    twin = AlexNet(devices=("cpu", "cpu"))
-    twin.load_state_dict(split_model.state_dict())
-    split_model.train(), twin.train()
-    logits, grads = forward_backward(split_model, images)
-    twin_logits, twin_grads = forward_backward(twin, images)
-    assert torch.equal(logits, twin_logits)
-    for name, grad in grads.items():
-        assert torch.equal(twin_grads[name], grad), name
-
-
 def test_one_column_per_device() -> None:
     # "meta" stands in for a second GPU: only placement is checked, no forward pass.
     placed = AlexNet(devices=("cpu", "meta"))
