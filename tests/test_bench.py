@@ -10,6 +10,7 @@ import os
 import statistics
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from pipeline.bench import command as pipeline_bench
@@ -82,7 +83,7 @@ def test_train_bench_writes_json(sample_shards: Path, tmp_path: Path) -> None:
     assert figures["settings"] == {
         "precision": "fp32", "channels_last": True, "batch_size": 2, "steps": 1, "warmup": 3,
         "init": "kaiming", "num_classes": SAMPLE["classes"], "copies": 2,
-        "batches_per_epoch": math.ceil(2 * train_images / 2)}
+        "batches_per_epoch": math.ceil(2 * train_images / 2), "compile_mode": "none"}
     for kind in ("synthetic", "pipeline"):
         assert figures[kind]["images"] == 2 and figures[kind]["images_per_s"] > 0
         assert 0 <= figures[kind]["data_wait"] < 1
@@ -103,3 +104,26 @@ def test_train_bench_without_shards_is_synthetic_only(tmp_path: Path) -> None:
 def test_train_bench_checks_json_folder_first(tmp_path: Path) -> None:
     result = CliRunner().invoke(train_bench, ["--devices", "cpu", "--json", str(tmp_path / "no" / "t.json")])
     assert result.exit_code == 2 and "--json: the folder of" in result.output
+
+
+@pytest.mark.parametrize("mode, expected", [("default", None), ("max-autotune", "max-autotune")])
+def test_train_bench_compile_mode_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str,
+                                         expected: str | None) -> None:
+    """The switch reaches torch.compile (whose effect only a GPU measures; the CPU run of a real
+    compile is test_model.py's test_compiled_model_equals_eager)."""
+    import torch
+
+    compiled = []
+
+    def fake_compile(model, mode=None):
+        compiled.append((type(model).__name__, mode))
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    out = tmp_path / "train.json"
+    result = CliRunner().invoke(train_bench, ["--devices", "cpu", "--precision", "fp32", "--batch-size", "1",
+                                              "--steps", "1", "--compile-mode", mode, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert compiled == [("AlexNet", expected)]
+    assert json.loads(out.read_text())["settings"]["compile_mode"] == mode
+    assert f"compile {mode}" in result.output

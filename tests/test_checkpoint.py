@@ -94,4 +94,102 @@ def test_model_state_is_placement_free(tmp_path: Path) -> None:
     one.load_state_dict(loaded["model"])
     x = torch.randn(2, 3, 224, 224)
     two.eval(), one.eval()
-    assert torch.equal(two(x), one(x))
+    with torch.no_grad():  # the one-device model runs grouped kernels: the same sums in another order
+        torch.testing.assert_close(one(x), two(x), rtol=1e-5, atol=1e-5 * two(x).abs().max().item())
+
+
+class FakeGPUs:
+    """torch.cuda's RNG functions for `visible` GPUs, each generator state a distinct tensor; a
+    device index past `visible` raises as CUDA does ("invalid device ordinal")."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, visible: int) -> None:
+        self.visible = visible
+        self.states = {i: torch.full((8,), i, dtype=torch.uint8) for i in range(visible)}
+        for name in ("device_count", "get_rng_state", "set_rng_state", "get_rng_state_all",
+                     "set_rng_state_all"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+
+    def _index(self, device: torch.device | str | int) -> int:
+        index = device if isinstance(device, int) else (torch.device(device).index or 0)
+        if index >= self.visible:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        return index
+
+    def device_count(self) -> int:
+        return self.visible
+
+    def get_rng_state(self, device: torch.device | str | int = "cuda") -> torch.Tensor:
+        return self.states[self._index(device)].clone()
+
+    def set_rng_state(self, state: torch.Tensor, device: torch.device | str | int = "cuda") -> None:
+        self.states[self._index(device)] = state.clone()
+
+    def get_rng_state_all(self) -> list[torch.Tensor]:
+        return [self.get_rng_state(i) for i in range(self.visible)]
+
+    def set_rng_state_all(self, states: list[torch.Tensor]) -> None:
+        for i, state in enumerate(states):
+            self.set_rng_state(state, i)
+
+
+def test_rng_state_holds_this_replicas_gpus_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpus = FakeGPUs(monkeypatch, visible=4)
+    saved = checkpoint.rng_state(("cuda:2", "cuda:3"))  # local rank 1 of a two-GPU-replica job
+    assert list(saved["cuda"]) == ["cuda:2", "cuda:3"]
+    assert [s[0].item() for s in saved["cuda"].values()] == [2, 3]
+    assert checkpoint.rng_state(("cpu",))["cuda"] == {}
+    checkpoint.save(tmp_path, {"model": {}, "rng": [saved]}, 1, 0, 1)
+    loaded, _ = checkpoint.load_latest(tmp_path)  # weights_only accepts the dict of tensors
+    gpus.states = {i: torch.zeros(8, dtype=torch.uint8) for i in range(4)}
+    checkpoint.set_rng_state(loaded["rng"][0], ("cuda:2", "cuda:3"))
+    assert [gpus.states[i][0].item() for i in range(4)] == [0, 0, 2, 3]
+
+
+def test_mid_epoch_resume_with_fewer_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved by a two-GPU replica, resumed where one GPU is visible: cuda:0 gets its own state, the
+    missing cuda:1 one is reported (set_rng_state_all of both states crashed here, issue 8)."""
+    two = FakeGPUs(monkeypatch, visible=2)
+    saved = checkpoint.rng_state(("cuda:0", "cuda:1"))
+    one = FakeGPUs(monkeypatch, visible=1)
+    one.states[0] = torch.full((8,), 9, dtype=torch.uint8)
+    with pytest.warns(UserWarning, match=r"2 GPU\(s\) \(cuda:0, cuda:1\).*cuda:0: restored 1"):
+        checkpoint.set_rng_state(saved, ("cuda:0",))
+    assert one.states[0][0].item() == 0 and two.states[1][0].item() == 1
+
+
+def test_rng_state_moves_with_the_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica saved on cuda:2,cuda:3 and resumed on cuda:0,cuda:1 (a launcher now gives each
+    process its own GPUs) continues column by column."""
+    FakeGPUs(monkeypatch, visible=4)
+    saved = checkpoint.rng_state(("cuda:2", "cuda:3"))
+    gpus = FakeGPUs(monkeypatch, visible=2)
+    checkpoint.set_rng_state(saved, ("cuda:0", "cuda:1"))
+    assert [gpus.states[i][0].item() for i in range(2)] == [2, 3]
+
+
+def test_old_checkpoints_rng_list_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before issue 8 "cuda" was get_rng_state_all(): every visible GPU's state, by index."""
+    old = checkpoint.rng_state()
+    old["cuda"] = [torch.full((8,), 10 + i, dtype=torch.uint8) for i in range(8)]
+    gpus = FakeGPUs(monkeypatch, visible=1)
+    checkpoint.set_rng_state(old, ("cuda:0",))
+    assert gpus.states[0][0].item() == 10
+    old["cuda"] = []  # written where CUDA was never initialised (a CPU run)
+    checkpoint.set_rng_state(old, ("cpu",))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_round_trip_and_fewer_gpus_on_a_real_device(tmp_path: Path) -> None:
+    saved = checkpoint.rng_state(("cuda:0",))
+    first = torch.rand(4, device="cuda:0")
+    checkpoint.save(tmp_path, {"model": {}, "rng": [saved]}, 1, 0, 1)
+    loaded, _ = checkpoint.load_latest(tmp_path)
+    checkpoint.set_rng_state(loaded["rng"][0], ("cuda:0",))
+    assert torch.equal(torch.rand(4, device="cuda:0"), first)
+    # A two-GPU replica's state where only cuda:0 is used (on a one-GPU box: no crash).
+    two = dict(saved, cuda={"cuda:0": saved["cuda"]["cuda:0"], "cuda:1": saved["cuda"]["cuda:0"]})
+    with pytest.warns(UserWarning, match="restored 1"):
+        checkpoint.set_rng_state(two, ("cuda:0",))
+    assert torch.equal(torch.rand(4, device="cuda:0"), first)

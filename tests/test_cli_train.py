@@ -19,7 +19,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from trainer import checkpoint, metrics
+from trainer import checkpoint, distributed, metrics
+from trainer import train as train_module
 from trainer.cli import eval_main, main, report_main
 
 DEMO = ["--epochs", "4", "--batch-size", "8", "--init", "kaiming", "--log-every", "1", "--devices", "cpu",
@@ -175,6 +176,37 @@ def test_devices_naming_an_absent_gpu(sample_shards: Path, tmp_path: Path) -> No
     result = train("--shards", str(sample_shards), "--out", out, "--devices", "tpu:0")
     assert_usage_error(result, "--devices: 'tpu:0' is not a device name")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("visible, local_rank, local_size, expected", [
+    (1, 3, 4, ("cuda:0",)),  # a launcher gave each of 4 processes its own GPU (issue 8: it chose the CPU)
+    (2, 1, 4, ("cuda:0", "cuda:1")),  # ... or its own two
+    (1, 0, 1, ("cuda:0",)),
+    (2, 0, 1, ("cuda:0", "cuda:1")),  # the paper's split
+    (8, 1, 4, ("cuda:2", "cuda:3")),  # 4 processes share 8 GPUs: local rank 1 takes the second pair
+    (4, 3, 4, ("cuda:3",)),  # ... share 4: one each
+])
+def test_default_devices_never_leave_a_visible_gpu_for_the_cpu(monkeypatch, visible, local_rank, local_size,
+                                                               expected) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    world = distributed.World(rank=local_rank, size=local_size, local_rank=local_rank, local_size=local_size)
+    assert train_module.replica((), world) == expected
+    # The same GPUs named explicitly, as local rank 0 would name them.
+    named = train_module.default_devices(distributed.World(local_size=local_size))
+    assert train_module.replica(named, world) == expected
+
+
+def test_no_visible_gpu_means_the_cpu_with_a_warning(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.warns(UserWarning, match="no GPU visible .*running on the CPU"):
+        assert train_module.replica((), distributed.World()) == ("cpu",)
+
+
+def test_help_states_the_default_placement_and_why() -> None:
+    text = " ".join(train("--help").output.split())
+    assert "two GPUs per process when every process on the node can have two (the paper's split" in text
+    assert "a process that sees a GPU, e.g. one a launcher gave it, always uses it" in text
+    assert "the CPU only when no GPU is visible" in text
 
 
 def test_bad_values_fail_at_start_up(sample_shards: Path, tmp_path: Path) -> None:

@@ -152,3 +152,25 @@ def test_replica_devices_shift_by_local_rank() -> None:
     assert distributed.replica_devices(("cuda:0", "cuda:1"), world) == ("cuda:2", "cuda:3")
     assert distributed.replica_devices(("cuda:0",), world) == ("cuda:1",)
     assert distributed.replica_devices(("cpu",), world) == ("cpu",)
+
+
+@pytest.mark.slow  # minutes on 2 cores: each process compiles the train and eval graphs (inductor, CPU)
+def test_ddp_with_compile_and_two_device_replicas(sample_shards: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile under DDP (2 gloo processes), each replica on two logical devices ("cpu,cpu": the
+    two-column path, its `_move`s inside the compiled graph): the losses of one eager process on one
+    device (the grouped path)."""
+    fakes.install(monkeypatch, train_samples=8)
+    without_dropout(monkeypatch)
+    train.main(small(sample_shards, tmp_path / "single"))
+    run_ddp(small(sample_shards, tmp_path / "ddp", compile=True, devices=("cpu", "cpu")))
+    one, two = metrics.read(tmp_path / "single"), metrics.read(tmp_path / "ddp")
+    loss_one = {r["step"]: r["loss"] for r in one if r["kind"] == "train"}
+    loss_two = {r["step"]: r["loss"] for r in two if r["kind"] == "train"}
+    assert loss_one.keys() == loss_two.keys() == {1, 2}
+    rtol = forward_rtol(AlexNet(num_classes=10, devices=("cpu",)), passes=3)  # as in the test above
+    for step in loss_one:
+        assert loss_two[step] == pytest.approx(loss_one[step], rel=rtol)
+    val_one, val_two = one[-1], two[-1]
+    assert val_two["val_samples"] == val_one["val_samples"] == 16
+    assert val_two["val_loss"] == pytest.approx(val_one["val_loss"], rel=rtol)

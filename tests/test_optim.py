@@ -63,3 +63,39 @@ def test_state_dict_round_trip_continues_identically():
     opt2.load_state_dict(state)
     for x, y in zip(_run(opt, params, [0.01]), _run(opt2, again, [0.01])):
         assert torch.equal(x, y)
+
+
+def _two_devices(seed=0):
+    """A two-column replica in miniature: parameters on the CPU and on "meta" (a second device that
+    computes nothing), interleaved as a model's parameters are (conv1.0, conv1.1, ...)."""
+    cpu = _params(seed)
+    meta = [torch.empty(shape, device="meta", requires_grad=True) for shape in ((4, 3), (5,))]
+    return [cpu[0], meta[0], cpu[1], meta[1]]
+
+
+def test_paper_sgd_launches_foreach_kernels_per_device(monkeypatch):
+    """Mixed-device lists make every foreach op fall back to one kernel per tensor: each call must
+    hold one device's tensors, and the CPU ones update exactly as without the other device."""
+    seen = []
+    for name in ("_foreach_mul_", "_foreach_add_"):
+        real = getattr(torch, name)
+
+        def record(tensors, *args, real=real, **kwargs):
+            lists = [tensors] + [a for a in args if isinstance(a, list)]
+            seen.append({t.device.type for ts in lists for t in ts})
+            return real(tensors, *args, **kwargs)
+
+        monkeypatch.setattr(torch, name, record)
+    params = _two_devices()
+    opt = make("paper", params, 0.01, 0.9, 5e-4)
+    assert len(opt.param_groups) == 1  # the state dict does not depend on the placement
+    for step in range(2):
+        g0, g1 = _grads(step)
+        for p, g in zip(params, (g0, g0, g1, g1)):
+            p.grad = g.to(p.device)
+        opt.step()
+    assert len(seen) == 2 * 2 * 4  # 2 steps x 2 devices x 4 foreach ops
+    assert all(len(devices) == 1 for devices in seen)
+    alone = _params()
+    _run(make("paper", alone, 0.01, 0.9, 5e-4), alone, [0.01, 0.01])
+    assert torch.equal(params[0], alone[0]) and torch.equal(params[2], alone[1])

@@ -3,6 +3,7 @@
     alexnet-bench train --shards shards/                          # GPU: batch 128, 50 steps each
     alexnet-bench train --shards shards/ --precision bf16 --devices cuda:0
     alexnet-bench train --shards shards/ --devices cpu            # CPU: batch 16, 5 steps, ~1-2 minutes
+    alexnet-bench train --devices cuda:0 --precision bf16 --compile-mode max-autotune   # synthetic only
     python -m trainer.bench --shards sample/ --precision bf16 --copies 5 --json out/train-bf16.json
 
 Both measurements run the same train step (forward, loss, backward, SGD) in one process, so their
@@ -11,6 +12,14 @@ much of the pipeline run went to waiting for the next batch. Not a test: numbers
 `--json PATH` also writes the figures, with the machine and settings they were measured with.
 `--copies N` reads each train shard N times per epoch, so that a small sample's epoch outlasts the
 timed steps as ImageNet's does (why: `alexnet-bench pipeline --help`, pipeline/bench.py).
+
+`--compile-mode` runs the model through torch.compile first. At the 20,000 images/s target a
+step of 128 images has ~6 ms, and one AlexNet step launches a few hundred kernels (forward,
+backward, optimizer), so launch overhead is worth measuring: "reduce-overhead" replays the model's
+forward and backward as CUDA graphs, "max-autotune" also benchmarks Triton/cuBLAS kernel choices.
+Compilation happens in the untimed warm-up steps. Only a GPU can say what a mode gains; on the CPU
+it merely checks that the mode runs. `--devices cuda:0,cuda:0` times the two-column path on one GPU
+(the placement as it ran before the grouped path), for comparison with `--devices cuda:0`.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from trainer.config import PRECISIONS
 WARMUP = 3  # steps before timing: cuDNN autotuning, allocator growth, DALI prefetch fill
 CPU_BATCH, CPU_STEPS = 16, 5  # ~2 s per step of 16 on 2 cores; keeps the CPU run to a minute or two
 GPU_STEPS = 50
+# torch.compile modes ("default" is mode=None); "none" runs eagerly.
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _sync(devices: tuple[str, ...]) -> None:
@@ -82,10 +93,14 @@ def measure(model: Any, optimizer: Any, batches: Any, steps: int, devices: tuple
 @click.option("--init", default="kaiming", help="Weight init (does not change speed).")
 @click.option("--copies", type=click.IntRange(1), default=1,
               help="Pipeline run: read each train shard this many times per epoch.")
+@click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="none",
+              help="torch.compile the model first: reduce-overhead = CUDA graphs, max-autotune = tuned "
+                   "kernels + CUDA graphs (only a GPU gains; compile time falls in the warm-up).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures (machine, settings, images/s, data wait, ratio) to this file.")
 def command(shards: str | None, devices: str | None, precision: str, channels_last: bool,
-            batch_size: int | None, steps: int | None, init: str, copies: int, json_path: str | None) -> None:
+            batch_size: int | None, steps: int | None, init: str, copies: int, compile_mode: str,
+            json_path: str | None) -> None:
     """Training throughput: synthetic on-device input vs the real pipeline, and the data-wait share."""
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise click.UsageError(f"--json: the folder of {json_path} does not exist")
@@ -117,6 +132,8 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
     rows = []
     model = train.build_model(cfg, num_classes, devs)
     optimizer = train.make_optimizer(cfg, model)
+    if compile_mode != "none":
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
     # One fixed batch already on the device: the ceiling with free input.
     images = torch.randn(batch_size, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device)
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
@@ -140,7 +157,7 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
     host = f"{m['host']}: {hw}; torch {m['torch']}"
     click.echo(f"machine: {host}")
     click.echo(f"device: {','.join(devs)}; precision {precision}; channels-last {channels_last}; "
-               f"batch {batch_size}; {steps} timed steps after {WARMUP} warm-up")
+               f"compile {compile_mode}; batch {batch_size}; {steps} timed steps after {WARMUP} warm-up")
     if batches_per_epoch is not None and copies > 1:
         click.echo(f"pipeline: each train shard read {copies} times per epoch ({batches_per_epoch} batches)")
     click.echo(f"{'input':<10} {'images/s':>10} {'data wait':>10}")
@@ -155,7 +172,8 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
             "shards": shards,
             "settings": {"precision": precision, "channels_last": channels_last, "batch_size": batch_size,
                          "steps": steps, "warmup": WARMUP, "init": init, "num_classes": num_classes,
-                         "copies": copies, "batches_per_epoch": batches_per_epoch},
+                         "copies": copies, "batches_per_epoch": batches_per_epoch,
+                         "compile_mode": compile_mode},
             "pipeline": None, **dict(rows), "pipeline_over_synthetic": ratio})
         click.echo(f"wrote {json_path}")
 

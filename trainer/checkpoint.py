@@ -22,6 +22,7 @@ import random
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,22 +136,59 @@ def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu",
     raise CheckpointError(f"{folder(run_dir)}: no usable checkpoint ({'; '.join(problems)})")
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states, as tensors and ints so weights_only loading accepts them."""
+def _cuda(devices: Sequence[str | torch.device]) -> list[torch.device]:
+    """The replica's GPUs, in replica (column) order, each with its index ("cuda" means cuda:0, as
+    for trainer.distributed.replica_devices)."""
+    out = []
+    for d in map(torch.device, devices):
+        if d.type == "cuda" and torch.device("cuda", d.index or 0) not in out:
+            out.append(torch.device("cuda", d.index or 0))
+    return out
+
+
+def rng_state(devices: Sequence[str | torch.device] = ()) -> dict[str, Any]:
+    """This process's RNG states, as tensors and ints so weights_only loading accepts them.
+
+    "cuda" holds the generators of this replica's GPUs only, keyed by device name in replica order:
+    a process that saved every visible GPU's (torch.cuda.get_rng_state_all) could not be resumed
+    where fewer GPUs are visible.
+    """
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "cuda": {str(d): torch.cuda.get_rng_state(d) for d in _cuda(devices)},
     }
 
 
-def set_rng_state(s: dict[str, Any]) -> None:
+def set_rng_state(s: dict[str, Any], devices: Sequence[str | torch.device] = ()) -> None:
+    """Restore `s` (from rng_state) into this process, the GPU states into this replica's `devices`.
+
+    A GPU state goes to the device of the same name when every replica GPU has one; otherwise (the
+    replica moved, e.g. to other indices) column by column. States without a GPU to go to, or GPUs
+    without a state, are reported in one warning: dropout masks then differ from an uninterrupted run.
+    """
     version, internal, gauss = s["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = s["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(s["torch"])
-    if s["cuda"]:
-        torch.cuda.set_rng_state_all(s["cuda"])
+    saved, targets = s.get("cuda") or {}, _cuda(devices)
+    # Checkpoints written before the per-replica format: a list over every visible GPU, by index.
+    # Its extra entries belong to other processes' GPUs, so only missing ones are worth a warning.
+    every_visible = isinstance(saved, (list, tuple))
+    if every_visible:
+        saved = {f"cuda:{i}": state for i, state in enumerate(saved)}
+    if all(str(d) in saved for d in targets):
+        pairs = [(d, saved[str(d)]) for d in targets]
+    else:
+        pairs = list(zip(targets, saved.values()))
+    for device, state in pairs:
+        torch.cuda.set_rng_state(state, device)
+    if len(pairs) < len(targets) or (len(pairs) < len(saved) and not every_visible):
+        here, there = ", ".join(map(str, targets)) or "the CPU", ", ".join(saved) or "none"
+        warnings.warn(f"the checkpoint holds RNG states for {len(saved)} GPU(s) ({there}), "
+                      f"this replica runs on {here}: restored {len(pairs)}; dropout masks differ from an "
+                      "uninterrupted run's from here on",
+                      stacklevel=2)

@@ -31,6 +31,14 @@ from trainer.config import (
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
+DEVICES_HELP = (
+    "One replica's devices, comma-separated: cuda:0,cuda:1 (the paper's two columns, one per GPU), cuda:0 "
+    "(both columns on one GPU, as grouped kernels) or cpu. [default: two GPUs per process when every "
+    "process on the node can have two (the paper's split, §3.2); else one GPU: a process that sees a GPU, "
+    "e.g. one a launcher gave it, always uses it; the CPU only when no GPU is visible, with a warning.] "
+    "Under torchrun, local rank r shifts GPU indices by r * the number of devices, unless each process "
+    "sees fewer GPUs than there are processes on the node (a launcher gave each its own).")
+
 
 def _devices(value: str | None) -> tuple[str, ...]:
     return tuple(d.strip() for d in value.split(",") if d.strip()) if value else ()
@@ -84,10 +92,7 @@ def _warnings_to_stderr() -> None:
               help="Input normalisation: image = §2's raw RGB minus the mean image (what paper init is sized "
                    "for); channel = (x - mean) / std per channel (what kaiming init assumes) "
                    "[default: image with --init paper, channel with --init kaiming].")
-@click.option("--devices", default=None,
-              help="One replica's devices, comma-separated: cuda:0,cuda:1 (the paper's two columns), cuda:0 "
-                   "or cpu [default: 2 GPUs, 1 GPU or the CPU, as present]. Under torchrun, local rank r "
-                   "shifts GPU indices by r * the number of devices.")
+@click.option("--devices", default=None, help=DEVICES_HELP)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="tf32",
               help="fp32: strict; tf32: TF32 tensor cores for convs/matmuls; bf16: autocast. "
                    "Storage is fp32.")
@@ -142,7 +147,7 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the 10 patches of §6.")
 @click.option("--batch-size", type=int, default=paper.BATCH_SIZE, help="Evaluation batch (global).")
-@click.option("--devices", default=None, help="As for alexnet-train [default: as present].")
+@click.option("--devices", default=None, help="As for alexnet-train [default: as for alexnet-train].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="tf32", help="As for alexnet-train.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int, devices: str | None,

@@ -1,11 +1,12 @@
 """AlexNet (Krizhevsky, Sutskever & Hinton 2012, §3 and Figure 2), split in two columns as on two GPUs.
 
     model = AlexNet(devices=("cuda:0", "cuda:1"))  # one column per GPU, as in the paper
-    model = AlexNet(devices=("cuda:0",))           # both columns on one GPU, same forward
+    model = AlexNet(devices=("cuda:0",))           # both columns on one GPU, as grouped kernels
     logits = model(images)                          # (N, 3, 224, 224) -> (N, 1000) on devices[0]
 
 The parameter names and shapes do not depend on `devices`, so a checkpoint moves freely between
-two GPUs, one GPU and the CPU.
+two GPUs, one GPU and the CPU. Two devices run Figure 2 as drawn (`forward_columns`); one device
+runs the same function with one kernel per layer for both columns (`forward_grouped`).
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -52,8 +53,18 @@ class LocalResponseNorm(nn.Module):
         # paper sums it, so the paper's alpha has to be passed as alpha * n.
         self.torch_alpha = alpha * size if variant == "paper" else alpha
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.local_response_norm(x, self.size, self.torch_alpha, self.beta, self.k)
+    def forward(self, x: Tensor, groups: int = 1) -> Tensor:
+        """`groups` > 1: the channels are that many columns side by side, each normalised alone
+        (§3.3's window never reaches into the other GPU's kernel maps)."""
+        if groups == 1:
+            return F.local_response_norm(x, self.size, self.torch_alpha, self.beta, self.k)
+        # F.local_response_norm's own arithmetic, with the columns as avg_pool3d's channels:
+        # zero-pad each column's channels, average the window of squares, then the power.
+        n, c, h, w = x.shape
+        div = (x * x).view(n, groups, c // groups, h, w)
+        div = F.pad(div, (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2))
+        div = F.avg_pool3d(div, (self.size, 1, 1), stride=1).reshape(n, c, h, w)
+        return x / div.mul(self.torch_alpha).add(self.k).pow(self.beta)
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
@@ -63,6 +74,29 @@ def _columns(make: Callable[[], nn.Module]) -> nn.ModuleList:
     return nn.ModuleList(make() for _ in COLS)
 
 
+# The grouped path concatenates the two columns' weights at every forward: a copy of ~57M weights
+# per step (230 MB in fp32; an estimated ~0.15 ms at an H100's ~3 TB/s, against ~6 ms per step of
+# 128 at the 20,000 images/s target; not measured on a GPU). The backward of the concatenation hands
+# each column a slice of the gradient. Keeping the parameters per column keeps one state dict for
+# every placement.
+
+
+def _conv(layers: nn.ModuleList, x: Tensor, groups: int) -> Tensor:
+    """Both columns' convolutions as one: weights concatenated in column order, so column 0's
+    output channels come first, as in the two-column path's concatenations. groups=2 keeps each
+    column on its own input channels (conv2, conv4, conv5); conv1 (one input) and conv3 (both
+    columns' maps) are one full-width convolution."""
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = torch.cat([layer.bias for layer in layers])
+    return F.conv2d(x, weight, bias, layers[0].stride, layers[0].padding, groups=groups)
+
+
+def _linear(layers: nn.ModuleList, x: Tensor) -> Tensor:
+    """Both columns' halves of fc6 or fc7 as one full-width layer (column 0's units first)."""
+    weight = torch.cat([layer.weight for layer in layers])
+    return F.linear(x, weight, torch.cat([layer.bias for layer in layers]))
+
+
 class AlexNet(nn.Module):
     """The eight learned layers of Figure 2; returns logits (the softmax is in the loss / evaluation).
 
@@ -70,7 +104,8 @@ class AlexNet(nn.Module):
     columns ("GPUs"). As in §3.2, conv2, conv4 and conv5 see only their own column's maps, while
     conv3, fc6, fc7 and fc8 see both: those four are the only places activations cross columns.
 
-    devices: one entry per column, or a single entry for both. All transfers go through `_move`.
+    devices: one entry per column, or a single entry for both (then the columns run as grouped
+        kernels, `forward_grouped`). All transfers go through `_move`.
     init: "paper" (§5: weights N(0, 0.01), biases 1 in paper.INIT_BIAS_ONE, else 0) for the
         reproduction; "kaiming" (He-normal convs, N(0, 0.01) FCs, zero biases) for short CPU demos,
         where the paper's init barely moves in a few epochs.
@@ -120,6 +155,9 @@ class AlexNet(nn.Module):
         # Initialised on the CPU before placement, so a seed gives the same weights on any devices.
         self.to_empty(device="cpu")
         self._init_weights(init)
+        # Fixed here, not by where the parameters are later: a model built for two devices keeps
+        # Figure 2's column-by-column forward after model.to(one device), and the reverse.
+        self.grouped = len(devices) == 1
         column_devices = [torch.device(d) for d in devices] * (paper.COLUMNS // len(devices))
         for c, device in enumerate(column_devices):
             for layers in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc6, self.fc7):
@@ -154,20 +192,51 @@ class AlexNet(nn.Module):
         # Only copies into a GPU may be non_blocking: a GPU->CPU one could be read before it lands.
         return x.to(device, non_blocking=device.type == "cuda")
 
-    def _gather(self, xs: list[Tensor], layer: str, dst: int) -> Tensor:
-        """Both columns' activations, concatenated (column 0 first) on column `dst`'s device."""
-        return torch.cat([x if c == dst else self._move(x, layer, c, dst) for c, x in enumerate(xs)], dim=1)
+    def _gather(self, xs: list[Tensor], layer: str, dsts: Sequence[int] = COLS) -> list[Tensor]:
+        """Both columns' activations, concatenated (column 0 first), on the device of each column
+        in `dsts`. Every copy is issued before anything else: PyTorch runs a cross-GPU copy on the
+        source GPU's current stream (copy_device_to_device, aten/src/ATen/native/cuda/Copy.cu), so
+        a copy issued after column 0's `layer` would wait for it, and column 1 would idle meanwhile.
+        """
+        moved = [[x if c == dst else self._move(x, layer, c, dst) for c, x in enumerate(xs)] for dst in dsts]
+        return [torch.cat(parts, dim=1) for parts in moved]
 
     def forward(self, x: Tensor) -> Tensor:
-        # Each step launches column 0's then column 1's kernels; CUDA launches are asynchronous, so
-        # with two GPUs both columns run at once. Nothing here waits on a GPU (no .item(), no sync).
+        return self.forward_grouped(x) if self.grouped else self.forward_columns(x)
+
+    def forward_columns(self, x: Tensor) -> Tensor:
+        """Figure 2 as drawn, one column per device. Each step launches column 0's then column 1's
+        kernels; CUDA launches are asynchronous, so with two GPUs both columns run at once. Nothing
+        here waits on a GPU (no .item(), no sync)."""
         x = [self._move(x, "input", None, c) for c in COLS]
         # §3.3-3.4: ReLU, then response normalisation, then overlapping max-pooling.
         x = [self.pool(self.lrn(F.relu(self.conv1[c](x[c])))) for c in COLS]
         x = [self.pool(self.lrn(F.relu(self.conv2[c](x[c])))) for c in COLS]
-        x = [F.relu(self.conv3[c](self._gather(x, "conv3", c))) for c in COLS]
+        x = self._gather(x, "conv3")
+        x = [F.relu(self.conv3[c](x[c])) for c in COLS]
         x = [F.relu(self.conv4[c](x[c])) for c in COLS]
         x = [torch.flatten(self.pool(F.relu(self.conv5[c](x[c]))), 1) for c in COLS]
-        x = [self.dropout(F.relu(self.fc6[c](self._gather(x, "fc6", c)))) for c in COLS]
-        x = [self.dropout(F.relu(self.fc7[c](self._gather(x, "fc7", c)))) for c in COLS]
-        return self.fc8(self._gather(x, "fc8", 0))
+        x = self._gather(x, "fc6")
+        x = [self.dropout(F.relu(self.fc6[c](x[c]))) for c in COLS]
+        x = self._gather(x, "fc7")
+        x = [self.dropout(F.relu(self.fc7[c](x[c]))) for c in COLS]
+        return self.fc8(self._gather(x, "fc8", dsts=[0])[0])
+
+    def forward_grouped(self, x: Tensor) -> Tensor:
+        """The same function on one device, one kernel per layer for both columns: the activations
+        are the two columns' concatenated (column 0's channels first), which is what the two-column
+        path's `_gather` builds, so the crossing layers need no copy of activations at all.
+
+        Dropout draws one mask over both columns' units where the two-column path draws one per
+        column: the same distribution (independent Bernoulli(0.5) per unit), another RNG sequence.
+        """
+        x = self._move(x, "input", None, 0)
+        x = self.pool(self.lrn(F.relu(_conv(self.conv1, x, groups=1)), groups=paper.COLUMNS))
+        x = self.pool(self.lrn(F.relu(_conv(self.conv2, x, groups=paper.COLUMNS)), groups=paper.COLUMNS))
+        x = F.relu(_conv(self.conv3, x, groups=1))
+        x = F.relu(_conv(self.conv4, x, groups=paper.COLUMNS))
+        # Flattening channel by channel keeps column 0's 128 x 6 x 6 values first, as the columns' cat.
+        x = torch.flatten(self.pool(F.relu(_conv(self.conv5, x, groups=paper.COLUMNS))), 1)
+        x = self.dropout(F.relu(_linear(self.fc6, x)))
+        x = self.dropout(F.relu(_linear(self.fc7, x)))
+        return self.fc8(x)

@@ -68,12 +68,22 @@ class Plan:
     resumed_by_restart: bool = False
 
 
+def own_gpus(world: distributed.World) -> bool:
+    """True when this process sees fewer GPUs than there are processes on its node: a launcher
+    (Slurm's --gpus-per-task, a per-process CUDA_VISIBLE_DEVICES) gave each process its own, so
+    device indices are not shifted by the local rank."""
+    return 0 < torch.cuda.device_count() < world.local_size
+
+
 def default_devices(world: distributed.World) -> tuple[str, ...]:
-    """Two GPUs per replica as in the paper when there are enough, else one, else the CPU."""
-    n = torch.cuda.device_count() // max(world.local_size, 1)
-    if n >= paper.COLUMNS:
-        return tuple(f"cuda:{i}" for i in range(paper.COLUMNS))
-    return ("cuda:0",) if n >= 1 else ("cpu",)
+    """Two GPUs per replica as in the paper when every local process can have two, else one (both
+    columns as grouped kernels on it), else the CPU. A process given its own GPUs (`own_gpus`) uses
+    them from cuda:0: one visible GPU is never a reason to fall back to the CPU."""
+    visible = torch.cuda.device_count()
+    n = visible if own_gpus(world) else visible // max(world.local_size, 1)
+    if n == 0:
+        return ("cpu",)
+    return tuple(f"cuda:{i}" for i in range(min(n, paper.COLUMNS)))
 
 
 def check_devices(devices: tuple[str, ...], name: str = "--devices") -> None:
@@ -94,11 +104,16 @@ def check_devices(devices: tuple[str, ...], name: str = "--devices") -> None:
 
 
 def replica(devices: tuple[str, ...], world: distributed.World) -> tuple[str, ...]:
-    """This process's checked devices: `devices` (or the default) shifted to its local rank."""
+    """This process's checked devices: `devices` (or the default) shifted to its local rank, unless a
+    launcher gave the process its own GPUs (`own_gpus`)."""
     name = "--devices" if devices else "default devices"
+    if not devices and torch.cuda.device_count() == 0:
+        warnings.warn(f"no GPU visible (torch {torch.__version__}, CUDA build {torch.version.cuda}): "
+                      "running on the CPU", stacklevel=2)
     devices = devices or default_devices(world)
     check_devices(devices, name)  # the names first, so a typo is reported as such
-    devices = distributed.replica_devices(devices, world)
+    if not own_gpus(world):
+        devices = distributed.replica_devices(devices, world)
     check_devices(devices, f"{name} of local rank {world.local_rank}" if world.local_rank else name)
     return devices
 
@@ -403,10 +418,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def make_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, pos: Position, loader: Any,
-               cfg: TrainConfig, num_classes: int, world: distributed.World) -> dict[str, Any] | None:
+               cfg: TrainConfig, num_classes: int, world: distributed.World,
+               devices: tuple[str, ...]) -> dict[str, Any] | None:
     """The checkpoint state on rank 0 (None elsewhere). Every rank must call it: it gathers each
-    rank's RNG and loader states, which differ (dropout masks, shard_id)."""
-    per_rank = distributed.all_gather({"rng": checkpoint.rng_state(), "loader": loader_state(loader),
+    rank's RNG (of its replica's `devices`) and loader states, which differ (dropout masks, shard_id)."""
+    per_rank = distributed.all_gather({"rng": checkpoint.rng_state(devices), "loader": loader_state(loader),
                                        "pending": pos.pending.cpu()})
     if not world.main:
         return None
@@ -487,7 +503,8 @@ def main(cfg: TrainConfig, world: distributed.World | None = None) -> dict[str, 
         steps_per_epoch = len(train_loader)
 
         def save() -> None:
-            s = make_state(model, optimizer, scheduler, pos, train_loader, cfg, plan.num_classes, world)
+            s = make_state(model, optimizer, scheduler, pos, train_loader, cfg, plan.num_classes, world,
+                           devices)
             if s is not None:
                 checkpoint.save(out, s, pos.step, pos.epoch, pos.batch)
 
@@ -508,7 +525,7 @@ def main(cfg: TrainConfig, world: distributed.World | None = None) -> dict[str, 
         last: dict[str, Any] = {}
         while pos.epoch < cfg.epochs:
             if mid_epoch:
-                checkpoint.set_rng_state(state["rng"][world.rank])
+                checkpoint.set_rng_state(state["rng"][world.rank], devices)
                 pos.pending = state["pending"][world.rank].clone()
                 mid_epoch = False
             else:
