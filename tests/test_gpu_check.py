@@ -223,7 +223,7 @@ def test_cpu_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert list(rows) == ROWS
     assert all(r["value"] is not None for r in rows.values()), rows
     assert all(r["result"] in ("PASS", "MISS") for r in rows.values() if r["target"])
-    assert rows["run_steps"]["value"] == report["run"]["steps_planned"] == 16  # 63 images / 8, 2 epochs
+    assert rows["run_steps"]["value"] == report["run"]["steps_planned"] == 8  # 31 images / 8, 2 epochs
     assert report["pipeline"]["settings"]["copies"] == 2
     assert {p: t["settings"]["precision"] for p, t in report["train"].items()} == {
         "fp32": "fp32", "tf32": "tf32", "bf16": "bf16"}
