@@ -179,7 +179,7 @@ def test_table_when_every_target_is_met(tmp_path: Path) -> None:
     md = (tmp_path / "gpu-check.md").read_text()
     for line in ("- command: `python -m tools.gpu_check out/x`", "- date: 2026-12-02 04:00:00 UTC",
                  "- card: GPU 0: NVIDIA H100 80GB HBM3", "result: PASS: 9 of 9 targets met",
-                 "| pipeline: DALI gpu, images/s ", "123.4 s before the table (budget 270 s)"):
+                 "| pipeline: DALI gpu, images/s ", f"123.4 s before the table (budget {GPU.total_s} s)"):
         assert line in md
     table = [line for line in md.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(ROWS) and len({len(line) for line in table}) == 1  # aligned
