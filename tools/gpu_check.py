@@ -162,8 +162,10 @@ GPU = Plan(
     bench_batch=128, bench_steps=100,
     bench_copies=5,  # 3 warm-up + 100 timed steps; 5 x 3,199 images = 125 batches
     epochs=12, log_every=25, run_precision="bf16",  # 12 x 25 = 300 steps
-    # Each step's process pays ~5-10 s to import torch and DALI and start CUDA before its work. The
-    # prep steps' figures are this repo's CPU timings of the same sizes, scaled to 16 cores with room.
+    # Estimates, not yet run on a GPU: each step's process pays ~5-10 s to import torch and DALI and
+    # start CUDA before its work. The prep steps at these sizes measured, in CPU seconds on a 2-core
+    # Xeon VM: sample 14 (one process), shard 18 (over its workers), verify 2.5, stats 0.4. fonts:
+    # a fresh environment's font cache took a 30 s report step past its budget.
     budgets={"preflight": 15, "fonts": 40, "sample": 25, "shard": 15, "stats": 10, "verify": 10,
              "pipeline": 35, "bench-fp32": 25, "bench-tf32": 20, "bench-bf16": 20, "train": 55, "report": 10},
     table_s=5,
