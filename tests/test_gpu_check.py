@@ -1,6 +1,6 @@
 """tools/gpu_check.py: budgets that add up, a preflight that names what is missing (exit 2, nothing
 written), steps killed with their children past their budget, the table writer on known figures, and,
-slow, every step end to end on the CPU with --cpu-smoke (~70 s on an idle 2-core VM, ~170 s loaded).
+slow, every step end to end on the CPU with --cpu-smoke (150-195 s on a shared 2-core VM).
 
 CUDA_VISIBLE_DEVICES="" hides any GPU, so the tests behave the same on a GPU box.
 """
