@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 DEMO ?= out/demo
 
-.PHONY: install demo test test-all test-docker lint clean
+.PHONY: install demo test test-all test-docker lint clean wheelhouse
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,25 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# Every wheel the project needs except torch (and torch's own dependencies), for a GPU node without
+# a package index: run this where pip reaches one, copy $(WHEELHOUSE) over, then there
+#   pip install --no-index --find-links $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
+# No project dependency but torch itself needs torch, so resolving the list below never fetches it;
+# the check below fails if that ever changes. pip takes --platform tags literally (it widens only
+# manylinux2014/2010 to older tags), so every glibc tag up to 2.28 is named: torch's own Linux
+# wheels need glibc 2.28, so a box that runs them takes all of these.
+WHEELHOUSE ?= wheelhouse
+PY_VERSION ?= $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_26_x86_64 manylinux_2_24_x86_64 \
+	manylinux2014_x86_64
+wheelhouse:
+	mkdir -p $(WHEELHOUSE)
+	$(PYTHON) -m tools.gpu_check --requirements > $(WHEELHOUSE)/requirements.txt
+	$(PYTHON) -m pip download --only-binary=:all: --python-version $(PY_VERSION) $(PLATFORMS:%=--platform %) \
+		--dest $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
+	@! ls $(WHEELHOUSE) | grep -iE '^(torch|triton)-' || { echo "wheelhouse: torch came in" >&2; exit 1; }
+	@echo "$(WHEELHOUSE): $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels for Python $(PY_VERSION)"
 
 clean:
 	rm -rf $(VENV) out
