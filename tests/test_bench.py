@@ -127,3 +127,21 @@ def test_train_bench_compile_mode_switch(tmp_path: Path, monkeypatch: pytest.Mon
     assert compiled == [("AlexNet", expected)]
     assert json.loads(out.read_text())["settings"]["compile_mode"] == mode
     assert f"compile {mode}" in result.output
+
+
+def test_prep_bench_reports_interleaved_per_core_ratio_load_and_psnr() -> None:
+    """`alexnet-prep bench` on a handful of images: the shape of its figures, not their speed."""
+    from tools.bench import SIZES, report, run
+
+    large = sum(n for (w, h), n in SIZES if w * h > 640 * 480)
+    assert 0 < large / sum(n for _, n in SIZES) <= 0.05  # ImageNet-like: a few per cent large
+    r = run(n=10, repeats=2, workers=1)
+    runs = r["runs"]
+    assert len(runs["reference"]) == len(runs["ours_1"]) == 2
+    ratios = [o / a for o, a in zip(runs["ours_1"], runs["reference"])]
+    assert r["per_core_ratio"] == statistics.median(ratios)
+    assert r["psnr_vs_reference"] >= 35  # the issue's bar for the stored images against the naive path
+    assert len(r["load_before"]) == len(r["load_after"]) == 3
+    text = report(r)
+    assert "load average (1, 5, 15 min): before " in text and "1600x1200 x1" in text
+    assert "per-core ratio by run: " + ", ".join(f"{x:.2f}" for x in ratios) in text

@@ -71,8 +71,9 @@ class Stack:
         self.compose = _compose_client()
         self.times: dict[str, float] = {}
 
-    def run(self, *args: str, files: tuple[str, ...] = ("docker-compose.yml",), env: dict[str, str] | None = None,
-            timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, files: tuple[str, ...] = ("docker-compose.yml",),
+            env: dict[str, str] | None = None, timeout: float = 1800,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [*self.compose, "-p", self.project, *(a for f in files for a in ("-f", f)), *args]
         done = subprocess.run(cmd, cwd=ROOT, env={**self.env, **(env or {})}, capture_output=True, text=True,
                               timeout=timeout)

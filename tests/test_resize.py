@@ -2,16 +2,16 @@ import numpy as np
 import pytest
 
 from tests.images import encode, photo, psnr, reference_resize
-from tools.resize import DecodeError, center_box, decode_rgb, process, resize_center
+from tools.resize import DecodeError, decode_rgb, process, resize_center, scaled_size
 
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (640, 480), (1600, 1200), (180, 120), (1200, 150)])
 def test_resize_matches_naive_full_size_bicubic(size):
     """Draft decoding and the box resize change nothing visible (before the JPEG re-encode)."""
     data = encode(photo(*size))
-    im, w, h = decode_rgb(data)
+    pixels, w, h = decode_rgb(data)
     assert (w, h) == size
-    ours = np.asarray(resize_center(im))
+    ours = resize_center(pixels)
     assert ours.shape == (256, 256, 3)
     assert psnr(ours, reference_resize(data)) > 35  # the target of the issue; measured 37-48 dB
 
@@ -19,16 +19,17 @@ def test_resize_matches_naive_full_size_bicubic(size):
 def test_stored_jpeg_is_the_resized_image_and_its_pixels():
     data = encode(photo(500, 375))
     out = process(data, quality=90)
-    im, _, _ = decode_rgb(data)
+    pixels, _, _ = decode_rgb(data)
     assert out.pixels.shape == (256, 256, 3) and (out.width, out.height) == (500, 375)
-    assert psnr(out.pixels, np.asarray(resize_center(im))) > 30
+    assert psnr(out.pixels, resize_center(pixels)) > 30
     assert out.jpeg[:2] == b"\xff\xd8"
 
 
-def test_center_box_keeps_the_central_square():
-    assert center_box(512, 256) == (128.0, 0.0, 384.0, 256.0)
-    left, top, right, bottom = center_box(300, 900)
-    assert (left, right) == (0.0, 300.0) and abs((bottom - top) - 300) < 1e-9 and abs(top - 300) < 2
+def test_scaled_size_puts_the_shorter_side_at_256():
+    assert scaled_size(512, 256) == (512, 256)
+    assert scaled_size(500, 375) == (341, 256)
+    assert scaled_size(300, 900) == (256, 768)
+    assert scaled_size(180, 120) == (384, 256)
 
 
 def test_cmyk_and_grayscale_and_png_named_jpeg_come_out_rgb_and_right():
@@ -51,9 +52,41 @@ def test_truncated_jpeg_and_non_images_are_refused():
 
 
 def test_draft_decodes_large_jpegs_below_full_size_but_never_below_256():
-    im, w, h = decode_rgb(encode(photo(2048, 1536)))
+    pixels, w, h = decode_rgb(encode(photo(2048, 1536)))
     assert (w, h) == (2048, 1536)
-    assert min(im.size) >= 256 and im.size[0] < 2048
+    assert min(pixels.shape[:2]) >= 256 and pixels.shape[1] < 2048
+
+
+def _checkerboards(width: int = 500, height: int = 375) -> np.ndarray:
+    """Black/white checks of periods 2..12 px: detail above the stored image's Nyquist limit."""
+    grey = np.zeros((height, width), np.uint8)
+    for i, period in enumerate((2, 3, 4, 5, 7, 9, 12)):
+        x0 = i * 70
+        cols = np.arange(x0, min(x0 + 70, width)) - x0
+        checks = (np.arange(height)[:, None] // period + cols[None, :] // period) % 2
+        grey[:, x0 : x0 + len(cols)] = checks * 255
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def test_resize_averages_fine_detail_like_the_reference_instead_of_aliasing():
+    """The filter is antialiased (an area average): measured 32.6 dB against Pillow's bicubic on these
+    checks, where OpenCV's INTER_LINEAR (23.5 dB) and INTER_CUBIC (21.5 dB) alone turn them into
+    full-contrast moire."""
+    data = encode(_checkerboards())
+    pixels, _, _ = decode_rgb(data)
+    assert psnr(resize_center(pixels), reference_resize(data)) > 30
+
+
+def test_resize_enlarges_small_images_smoothly():
+    data = encode(photo(180, 120))
+    pixels, _, _ = decode_rgb(data)
+    assert psnr(resize_center(pixels), reference_resize(data)) > 35
+
+
+def test_opencv_runs_one_thread_per_worker():
+    import cv2
+
+    assert cv2.getNumThreads() == 1  # set by tools.resize: `shard` runs one worker process per core
 
 
 # --- modes other than 8-bit L/RGB/CMYK/P (issue 9, item 1) ------------------------------------------

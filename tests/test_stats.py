@@ -90,3 +90,22 @@ def test_truncated_shard_is_one_line_naming_it(sample_shards, tmp_path, cut, wor
     lines = [ln for ln in r.output.splitlines() if ln.strip() and "%|" not in ln]  # less the progress bar
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "train-000001.tar" in lines[0]
     assert (copy / "pca.json").read_bytes() == before  # nothing written
+
+
+@pytest.mark.parametrize("fill", ["random", "white"])
+def test_pixel_sums_are_exact_integers(fill):
+    """OpenCV's float64 Gram matrix (writer.PixelSums) equals integer arithmetic to the last unit, also for an
+    all-white image, where float32 accumulation of 65536 products of 255 * 255 would round."""
+    from tools.writer import PixelSums
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (256, 256, 3), np.uint8) if fill == "random"
+              else np.full((256, 256, 3), 255, np.uint8) for _ in range(3)]
+    sums = PixelSums(per_pixel=True)
+    for im in images:
+        sums.add(im)
+    flat = np.concatenate([im.reshape(-1, 3) for im in images]).astype(np.int64)
+    assert sums.pixels == flat.shape[0]
+    assert sums.rgb.tolist() == flat.sum(axis=0).tolist()
+    assert sums.outer.tolist() == (flat.T @ flat).tolist()
+    assert sums.image.tolist() == sum(im.astype(np.int64) for im in images).tolist()

@@ -65,6 +65,7 @@ REQUIREMENTS = (
     ("click", "click>=8.1"),
     ("fsspec", "fsspec>=2023.1"),
     ("numpy", "numpy>=1.24"),
+    ("cv2", "opencv-python-headless>=4.8"),
     ("PIL", "pillow>=10"),
     ("scipy.io", "scipy>=1.10"),
     ("simplejpeg", "simplejpeg>=1.7"),

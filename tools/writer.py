@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from paper import STORED_SIZE
@@ -74,18 +75,16 @@ class PixelSums:
         self.image = np.zeros((STORED_SIZE, STORED_SIZE, 3), np.uint32) if per_pixel else None
 
     def add(self, pixels: np.ndarray) -> None:
-        # The Gram matrix of [r, g, b, 1] per image row gives the outer products, the channel sums
-        # and the count at once. float32 BLAS is exact here: a row has 256 pixels, so every partial
-        # sum is an integer <= 256 * 255**2 < 2**24. Measured 0.7 ms an image, against 1.8 ms for
-        # float64 on the flat image and more for numpy's integer matmul and strided sums.
+        # OpenCV's mulTransposed forms the 3x3 Gram matrix of the uint8 pixels in float64, which is
+        # exact: every product is an integer <= 255**2 and every partial sum < 2**53 for any image
+        # under 2**37 pixels, so the order of the additions does not matter. Measured 0.75 ms an
+        # image against 1.2-1.4 ms for float32 row-wise batched matmuls and 1.0 ms for a float64
+        # NumPy matmul of the planar image (2026-12-02, 2-core Xeon VM, load ~5).
         rows, cols = pixels.shape[:2]
-        assert cols * 255**2 < 2**24, "rows too long for exact float32 sums"
-        aug = np.ones((rows, cols, 4), np.float32)
-        aug[..., :3] = pixels
-        gram = np.matmul(aug.transpose(0, 2, 1), aug).sum(axis=0, dtype=np.float64)
+        flat = pixels.reshape(rows * cols, 3)
         self.pixels += rows * cols
-        self.rgb += gram[:3, 3].astype(np.int64)
-        self.outer += gram[:3, :3].astype(np.int64)
+        self.rgb += np.array(cv2.sumElems(pixels)[:3]).astype(np.int64)
+        self.outer += cv2.mulTransposed(flat, True, dtype=cv2.CV_64F).astype(np.int64)
         if self.image is not None:
             self.image += pixels
 
