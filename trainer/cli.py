@@ -127,13 +127,21 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
                       checkpoint_every=checkpoint_every, max_steps=max_steps, ten_crop=ten_crop,
                       resume=resume, note=note, progress=progress)
     from pipeline import PipelineError
+    from trainer.checkpoint import CheckpointError
 
     try:
         train.main(cfg)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-    except (PipelineError, FloatingPointError) as e:  # a bad sample mid-run, a diverged loss
+    except train.Interrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(128 + e.signum)  # the shell's code for "killed by this signal": not finished
+    # A bad sample mid-run, a diverged loss, a checkpoint the disk had no room for, any other failed
+    # read or write of the run's own files.
+    except (PipelineError, FloatingPointError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename}: {e.strerror}" if e.filename else str(e)) from None
 
 
 @click.command(context_settings=CONTEXT)
@@ -148,7 +156,7 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
 def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int, devices: str | None,
               precision: str, as_json: bool) -> None:
     """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once."""
-    from trainer import evaluate
+    from trainer import distributed, evaluate
 
     _warnings_to_stderr()
     from pipeline import PipelineError
@@ -160,6 +168,8 @@ def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int
         raise click.UsageError(str(e)) from None
     except PipelineError as e:
         raise click.ClickException(str(e)) from None
+    if not distributed.from_env().main:
+        return  # under torchrun every rank holds the same reduced totals: rank 0 alone reports them
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
     else:
