@@ -75,8 +75,8 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 def one_line_error(result: Any, code: int, message: str) -> None:
     assert result.exit_code == code, result.output
     assert message in result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(
-        result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
 def signal_at(monkeypatch: pytest.MonkeyPatch, signum: int, epoch: int, batch: int) -> None:
