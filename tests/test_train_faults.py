@@ -370,3 +370,34 @@ def test_resume_says_which_checkpoint_and_step(sample_shards: Path, tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert (f"resuming {out} from {checkpoint.folder(out) / 'step-00000003.pt'} (step 3, epoch 1, batch 1 "
             f"of it); logs in {out / 'metrics.jsonl'}") in result.output
+
+
+@pytest.mark.slow  # ~1 min: AlexNet and the DALI CPU pipeline in a real process, three times
+def test_sigterm_to_a_real_process(sample_shards: Path, tmp_path: Path) -> None:
+    """SIGTERM to `alexnet-train` (DALI's threads running): exit 143 with a checkpoint at the current
+    step; --resume then ends with the same weights as a run never stopped."""
+    exe = str(Path(sys.executable).parent / "alexnet-train")
+    args = ["--shards", str(sample_shards), "--epochs", "1", "--batch-size", "8", "--init", "kaiming",
+            "--log-every", "1", "--devices", "cpu", "--precision", "fp32", "--no-progress", "--no-ten-crop"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    done = subprocess.run([exe, "--out", str(whole), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = subprocess.Popen([exe, "--out", str(cut), *args], stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.monotonic() + 300
+    while not (cut / "metrics.jsonl").exists() or not metrics.read(cut):  # after the first step
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM after step" in err and "Traceback" not in err
+    stopped_at = checkpoint.load_latest(cut)[0]["step"]
+    assert 1 <= stopped_at < 6
+    done = subprocess.run([exe, "--out", str(cut), *args, "--resume"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"(step {stopped_at}, epoch 0" in done.stderr
+    for name, value in weights(whole).items():
+        assert torch.equal(weights(cut)[name], value), name

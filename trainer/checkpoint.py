@@ -7,8 +7,10 @@ Layout of <run>/checkpoints/:
     step-00001234.json  {"step", "epoch", "batch", "sha256", "bytes", "time"}: written after the .pt
                         (completion marker), so a .pt without it is an unfinished write
 
-Both files go through tools.atomic (temp name in the same folder, fsync, os.replace). The last
-KEEP complete checkpoints are kept. `load_latest` verifies the sha256 and falls back to the
+Both files go through tools.atomic (temp name in the same folder, fsync, os.replace). A failed
+write (a full disk) raises CheckpointWriteError and leaves neither a temp file nor a .pt without
+its marker; temp files of a killed write are removed by `remove_temp_files` at the run's next
+start. The last KEEP complete checkpoints are kept. `load_latest` verifies the sha256 and falls back to the
 previous checkpoint with a warning when the newest is damaged; it never returns "nothing" when
 checkpoints exist but none is usable.
 """

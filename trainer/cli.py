@@ -6,7 +6,10 @@
     alexnet-bench train --shards shards/ --precision bf16
 
 Each command maps its flags onto one settings object and checks it before any work; a bad value
-ends with a one-line message and a non-zero exit, and nothing is written.
+ends with a one-line message and a non-zero exit, and nothing is written. Exit codes of
+alexnet-train: 0 done (or --max-steps reached), 1 failed mid-run (bad sample, divergence, a write
+the disk refused), 2 bad settings or input, 128 + signal when SIGTERM/SIGINT stopped it with a
+checkpoint (143, 130: continue with --resume).
 """
 
 from __future__ import annotations

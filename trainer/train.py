@@ -9,6 +9,10 @@ validation error stops improving, ~90 epochs; then the ten-patch evaluation of Â
 Plain functions in the order a run calls them: `prepare` (every check, before any work), `load_data`,
 `build_model`, `train_one_epoch`, `main`. The run folder gets params.json (settings, git revision,
 shard manifest hash), metrics.jsonl, TensorBoard events and checkpoints/ (trainer/checkpoint.py).
+
+Faults (README, "When things go wrong"): rank 0 holds `<out>/.lock` for the whole run
+(tools/lock.py); SIGTERM/SIGINT stop at the next step with a checkpoint (exit 128 + signal); no
+checkpoint is written with non-finite weights; --resume refuses other shards.
 """
 
 from __future__ import annotations
