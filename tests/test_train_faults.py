@@ -134,6 +134,15 @@ def test_stale_lock_of_a_dead_process_is_taken_over(sample_shards: Path, tmp_pat
     assert not (out / LOCK_NAME).exists()  # released at the end
 
 
+def test_lock_naming_this_very_pid_is_stale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A container restarted with the same hostname gives the trainer the pid the killed one had."""
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                  "what": "alexnet-train", "started": 0}))
+    with RunLock(tmp_path, "alexnet-train"):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["started"] > 0
+    assert "taking over the stale lock" in capsys.readouterr().err
+
+
 def test_lock_of_another_host_is_never_taken_over(tmp_path: Path) -> None:
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "what": "alexnet-prep",
                                                   "started": 0}))

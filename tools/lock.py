@@ -69,7 +69,10 @@ class RunLock:
                 if owner is None:
                     continue  # released between our open and our read
                 pid, host = owner.get("pid"), owner.get("host")
-                if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+                # Our own pid in a lock we have not taken: a container restarted with the same
+                # hostname reuses low pids, so the writer is gone even though the pid "runs".
+                if host == socket.gethostname() and isinstance(pid, int) and (
+                        pid == os.getpid() or not _alive(pid)):
                     print(f"warning: taking over the stale lock {self.path} of {owner.get('what', '?')} "
                           f"(pid {pid} on {host} no longer runs)", file=sys.stderr)
                     self.path.unlink(missing_ok=True)
