@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 NAME = ".lock"
+_HELD: set[Path] = set()  # locks this process holds: its own pid in one of these is not stale
 
 
 class LockHeld(Exception):
@@ -71,8 +72,8 @@ class RunLock:
                 pid, host = owner.get("pid"), owner.get("host")
                 # Our own pid in a lock we have not taken: a container restarted with the same
                 # hostname reuses low pids, so the writer is gone even though the pid "runs".
-                if host == socket.gethostname() and isinstance(pid, int) and (
-                        pid == os.getpid() or not _alive(pid)):
+                mine = pid == os.getpid() and self.path.resolve() not in _HELD
+                if host == socket.gethostname() and isinstance(pid, int) and (mine or not _alive(pid)):
                     print(f"warning: taking over the stale lock {self.path} of {owner.get('what', '?')} "
                           f"(pid {pid} on {host} no longer runs)", file=sys.stderr)
                     self.path.unlink(missing_ok=True)
@@ -88,12 +89,14 @@ class RunLock:
             finally:
                 os.close(fd)
             self.held = True
+            _HELD.add(self.path.resolve())
             return
         raise LockHeld(f"{self.folder}: could not take the lock {self.path} (it keeps changing hands)")
 
     def release(self) -> None:
         if self.held:
             self.held = False
+            _HELD.discard(self.path.resolve())
             try:
                 self.path.unlink()
             except OSError as e:  # removed by hand meanwhile: nothing left to release

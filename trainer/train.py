@@ -184,7 +184,9 @@ def find_resume(plan: Plan) -> None:
         # Killed before its first checkpoint: nothing to resume, nothing worth keeping but the
         # settings. The same command (with or without --resume) starts it again from step 0.
         saved = read_params(out)
-        check_same_run(cfg, TrainConfig.from_dict(saved["config"]), f"the run in {out}")
+        check_same_run(cfg, TrainConfig.from_dict(saved["config"]),
+                       "--out: {out} holds a run stopped before its first checkpoint, started with other "
+                       "settings: {flag} {saved}, not {now}; rerun it with those or choose another --out")
         check_same_shards(plan, saved.get("shards", {}), out / PARAMS)
         plan.restart_empty = True
         return
@@ -203,11 +205,15 @@ def find_resume(plan: Plan) -> None:
         plan.resume_from, plan.resumed_by_restart = found, restarted
 
 
-def check_same_run(cfg: TrainConfig, saved: TrainConfig, where: str) -> None:
+RESUME_MISMATCH = ("--resume: {flag} is {now} but the run in {out} used {saved}; "
+                   "a resumed run must keep it")
+
+
+def check_same_run(cfg: TrainConfig, saved: TrainConfig, message: str = RESUME_MISMATCH) -> None:
     for name in RESUME_MUST_MATCH:
         if getattr(saved, name) != getattr(cfg, name):
-            raise ConfigError(f"--resume: --{flag(name)} is {getattr(cfg, name)} but {where} "
-                              f"used {getattr(saved, name)}; a resumed run must keep it")
+            raise ConfigError(message.format(flag=f"--{flag(name)}", now=getattr(cfg, name), out=cfg.out,
+                                             saved=getattr(saved, name)))
 
 
 def check_same_shards(plan: Plan, saved: dict[str, Any], source: Path) -> None:
@@ -224,7 +230,7 @@ def check_same_shards(plan: Plan, saved: dict[str, Any], source: Path) -> None:
 
 def check_resumable(plan: Plan, state: dict[str, Any], path: Path) -> None:
     cfg, world = plan.cfg, plan.world
-    check_same_run(cfg, TrainConfig.from_dict(state["config"]), f"the run in {cfg.out}")
+    check_same_run(cfg, TrainConfig.from_dict(state["config"]))
     saved = state.get("shards")
     if saved is None:  # checkpoints written before they carried it: the run's params.json
         params = Path(cfg.out) / PARAMS
@@ -543,9 +549,8 @@ class StopSignals:
         call it at the same step."""
         if not world.distributed:
             return self.signum
-        flags = torch.tensor([self.signum, 1 if self.signum else 0], dtype=torch.int64, device=device)
-        signum, any_rank = distributed.all_reduce_sum(flags).tolist()
-        return (self.signum or signal.SIGTERM) if any_rank else 0
+        ranks = distributed.all_reduce_sum(torch.tensor([1 if self.signum else 0], device=device)).item()
+        return (self.signum or signal.SIGTERM) if ranks else 0
 
 
 @contextmanager
