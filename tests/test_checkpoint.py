@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 from pathlib import Path
 
@@ -193,3 +195,45 @@ def test_cuda_rng_round_trip_and_fewer_gpus_on_a_real_device(tmp_path: Path) -> 
     with pytest.warns(UserWarning, match="restored 1"):
         checkpoint.set_rng_state(two, ("cuda:0",))
     assert torch.equal(torch.rand(4, device="cuda:0"), first)
+
+
+def test_failed_write_removes_its_temp_file_and_keeps_the_previous(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk in the middle of torch.save, or while writing the marker: one CheckpointWriteError
+    naming the file, the errno text and the checkpoint still intact; nothing partial left behind."""
+    checkpoint.save(tmp_path, state(1), 1, 0, 1)
+    real_save = torch.save
+
+    def full_disk(obj: object, f: object, *a: object, **k: object) -> None:
+        f.write(b"x" * 4096)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(checkpoint.CheckpointWriteError,
+                       match=r"step-00000002.pt: could not write the checkpoint \(No space left on device\); "
+                             r"step-00000001.pt is intact"):
+        checkpoint.save(tmp_path, state(2), 2, 0, 2)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    def full_disk_json(url: str, obj: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.atomic, "write_json", full_disk_json)
+    with pytest.raises(checkpoint.CheckpointWriteError, match="step-00000001.pt is intact"):
+        checkpoint.save(tmp_path, state(3), 3, 0, 3)
+    assert sorted(p.name for p in checkpoint.folder(tmp_path).iterdir()) == ["step-00000001.json",
+                                                                            "step-00000001.pt"]
+    loaded, path = checkpoint.load_latest(tmp_path)
+    assert path.name == "step-00000001.pt" and loaded["model"]["w"][0] == 1
+
+
+def test_remove_temp_files_takes_only_temp_files(tmp_path: Path) -> None:
+    checkpoint.save(tmp_path, state(1), 1, 0, 1)
+    temps = [checkpoint.folder(tmp_path) / ".step-00000002.pt.tmp-77-0123abcd",
+             tmp_path / ".metrics.jsonl.tmp-5-deadbeef"]
+    for p in temps:
+        p.write_bytes(b"half")
+    (tmp_path / "notes.tmp-1-ab").write_text("not ours")  # not hidden: not a tools.atomic temp name
+    assert sorted(checkpoint.remove_temp_files(tmp_path)) == sorted(temps)
+    assert not any(p.exists() for p in temps) and (tmp_path / "notes.tmp-1-ab").exists()
+    assert checkpoint.load_latest(tmp_path)[1].name == "step-00000001.pt"

@@ -88,6 +88,44 @@ def test_eval_matches_training_and_sees_every_image_once(demo_run: Path, sample_
         assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
 
 
+def test_eval_caps_the_batch_at_the_split(demo_run: Path, sample_shards: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--batch-size 100000 on 16 images: the loader gets 16 (it pads every batch to full size, so the
+    request grew to 12.8 GB), and the numbers are those of any other batch size."""
+    import pipeline
+
+    asked = []
+    real = pipeline.eval_loader
+
+    def eval_loader(*a: object, **k: object) -> object:
+        asked.append(k["batch_size"])
+        assert k["batch_size"] <= 16, "an uncapped batch: would allocate GBs of padding"
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "eval_loader", eval_loader)
+    got = []
+    for batch in ("100000", "6"):
+        result = CliRunner().invoke(eval_main, ["--checkpoint", str(demo_run), "--shards", str(sample_shards),
+                                                "--batch-size", batch, "--devices", "cpu",
+                                                "--precision", "fp32", "--json"])
+        assert result.exit_code == 0, result.output
+        got.append(json.loads(result.output.strip().splitlines()[-1]))
+    assert asked == [16, 6]
+    assert got[0]["val_samples"] == 16 and got[0]["val_top1_err"] == got[1]["val_top1_err"]
+
+
+def test_eval_prints_on_rank_0_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer import evaluate
+
+    result_of_every_rank = {"val_samples": 16, "val_top1_err": 0.5, "val_top5_err": 0.0, "val_loss": 1.0}
+    monkeypatch.setattr(evaluate, "main", lambda *a, **k: result_of_every_rank)
+    args = ["--checkpoint", "c", "--shards", "s", "--json"]
+    for rank, lines in (("1", 0), ("0", 1)):
+        result = CliRunner().invoke(eval_main, args, env={"RANK": rank, "WORLD_SIZE": "2"})
+        assert result.exit_code == 0, result.output
+        assert len(result.output.strip().splitlines()) == lines, (rank, result.output)
+
+
 @pytest.mark.slow  # ~20 s; the default run checks the reduction with test_distributed.py's fakes
 def test_eval_under_torchrun_counts_each_image_once(demo_run: Path, sample_shards: Path) -> None:
     """2 gloo processes, 8 images each in batches of 3 (padded): the exact totals of one process."""
@@ -102,7 +140,7 @@ def test_eval_under_torchrun_counts_each_image_once(demo_run: Path, sample_shard
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == 2 and results[0] == results[1]  # every rank holds the reduced totals
+    assert len(results) == 1  # every rank holds the reduced totals; rank 0 alone prints them
     assert "warning" not in done.stderr
     got = results[0]
     assert got["val_samples"] == 16 and got["val_top1_err"] == expected["val_top1_err"]

@@ -237,6 +237,13 @@ def test_stop_signals_reach_the_programs() -> None:
     assert seconds(services["train"]["stop_grace_period"]) >= 60
 
 
+def test_writers_keep_their_hostname() -> None:
+    """The run lock is taken over only on the host that made it; a recreated container's default
+    hostname (its new id) would leave a killed run's lock blocking every later `up`."""
+    services = compose()["services"]
+    assert services["prep"].get("hostname") and services["train"].get("hostname")
+
+
 @pytest.mark.parametrize("service, target", [("prep", "/shards"), ("train", "/runs")])
 def test_unwritable_mounts_get_one_line(service: str, target: str) -> None:
     script = compose()["services"][service]["command"][2]

@@ -65,12 +65,12 @@ def test_lock_of_another_host_is_never_taken_over(tmp_path):
 def _contend(path: str, barrier, results) -> None:
     stale = RunLock._stale
 
-    def slow_stale(holder):  # all four see the stale lock before any removes it: the race made certain
-        found = stale(holder)
+    def slow_stale(self, holder):  # all four see the stale lock before any removes it: the race made certain
+        found = stale(self, holder)
         time.sleep(0.3)
         return found
 
-    RunLock._stale = staticmethod(slow_stale)
+    RunLock._stale = slow_stale
     barrier.wait()
     try:
         with RunLock(path, "contender"):

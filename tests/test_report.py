@@ -66,3 +66,38 @@ def test_report_on_a_folder_that_is_not_a_run_fails_cleanly(tmp_path: Path) -> N
     assert result.exit_code != 0
     assert "no params.json (not an alexnet-train run folder)" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_malformed_metrics_or_params_is_one_line(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fake_run(run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(lines[:3]) + "{not json\n" + "".join(lines[3:]))
+    result = CliRunner().invoke(report_main, [str(run)])
+    assert result.exit_code == 1, result.output
+    assert f"{run / 'metrics.jsonl'} line 4: not a JSON record" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+    (run / "metrics.jsonl").write_text("".join(lines[:3]) + '["a list"]\n')
+    result = CliRunner().invoke(report_main, [str(run)])
+    assert result.exit_code == 1 and "line 4: not a metrics record" in result.output
+
+    (run / "metrics.jsonl").write_text("".join(lines))
+    for text, message in (('{"config": {', "params.json: not readable JSON"),
+                          ('{"config": {}}', "params.json: not an alexnet-train params.json (no shards)"),
+                          ('{"config": {}, "shards": {}}', "params.json or metrics.jsonl lacks or garbles")):
+        (run / "params.json").write_text(text)
+        result = CliRunner().invoke(report_main, [str(run)])
+        assert result.exit_code == 1, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert not list(run.glob("*.png")) and not (run / "summary.md").exists()
+
+
+def test_a_half_written_last_line_is_a_write_in_progress(tmp_path: Path) -> None:
+    """A run still writing (or killed mid-line) leaves a last line without its newline: skipped."""
+    run = tmp_path / "run"
+    fake_run(run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "epo')
+    result = CliRunner().invoke(report_main, [str(run)])
+    assert result.exit_code == 0, result.output

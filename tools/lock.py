@@ -5,8 +5,10 @@
 
 The file holds JSON `{"pid", "host", "started", "what"}` and is removed when the block ends. A lock
 left by a process that died without cleaning up (kill -9, power loss) is taken over when its host
-is this host and its pid is not alive; a lock from another host is never taken over, because its
-process cannot be checked from here (the message says to remove the file if that run is gone).
+is this host and its pid is not alive, or is this very process's pid in a lock this process does not
+hold (a container restarted with a fixed hostname reuses low pids); a lock from another host is never
+taken over, because its process cannot be checked from here (the message says to remove the file if
+that run is gone). A second lock on the same path inside one process is refused like any other.
 Local disks only: O_EXCL is atomic on a local filesystem (and on NFSv3+), not on object stores.
 """
 
@@ -22,6 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+
+_HELD: set[str] = set()  # real paths of the locks this process holds
 
 
 class RunLockedError(RuntimeError):
@@ -80,6 +85,7 @@ class RunLock:
         for _ in range(10):  # each retry follows a lock that changed under us; 10 is plenty
             if self._create(me):
                 self._mine = me
+                _HELD.add(os.path.realpath(self.path))
                 return
             holder = _read(self.path)
             if not self._stale(holder):
@@ -98,6 +104,8 @@ class RunLock:
     def release(self) -> None:
         if self._mine is not None and _read(self.path) == self._mine:
             os.unlink(self.path)
+        if self._mine is not None:
+            _HELD.discard(os.path.realpath(self.path))
         self._mine = None
 
     def _create(self, me: dict[str, Any]) -> bool:
@@ -111,10 +119,12 @@ class RunLock:
             os.fsync(f.fileno())
         return True
 
-    @staticmethod
-    def _stale(holder: dict[str, Any]) -> bool:
-        return (holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
-                and not _alive(holder["pid"]))
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return False
+        if holder["pid"] == os.getpid():
+            return os.path.realpath(self.path) not in _HELD
+        return not _alive(holder["pid"])
 
     def _remove_stale(self, holder: dict[str, Any]) -> bool:
         """Unlink the dead run's lock, unless another process replaced it meanwhile.

@@ -7,8 +7,10 @@ Layout of <run>/checkpoints/:
     step-00001234.json  {"step", "epoch", "batch", "sha256", "bytes", "time"}: written after the .pt
                         (completion marker), so a .pt without it is an unfinished write
 
-Both files go through tools.atomic (temp name in the same folder, fsync, os.replace). The last
-KEEP complete checkpoints are kept. `load_latest` verifies the sha256 and falls back to the
+Both files go through tools.atomic (temp name in the same folder, fsync, os.replace). A failed
+write (a full disk) raises CheckpointWriteError and leaves neither a temp file nor a .pt without
+its marker; temp files of a killed write are removed by `remove_temp_files` at the run's next
+start. The last KEEP complete checkpoints are kept. `load_latest` verifies the sha256 and falls back to the
 previous checkpoint with a warning when the newest is damaged; it never returns "nothing" when
 checkpoints exist but none is usable.
 """
@@ -34,10 +36,15 @@ from tools import atomic
 KEEP = 2  # the newest and one fallback
 DIRNAME = "checkpoints"
 NAME = re.compile(r"^step-(\d{8,})\.pt$")
+TEMP = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]+$")  # tools.atomic.temp_name
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or a file that is not a valid checkpoint."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, lost mount); nothing partial was left behind."""
 
 
 def folder(run_dir: str | Path) -> Path:
@@ -48,19 +55,44 @@ def save(run_dir: str | Path, state: dict[str, Any], step: int, epoch: int, batc
          keep: int = KEEP) -> Path:
     """Write `state` as the checkpoint of `step`, then drop all but the newest `keep`."""
     d = folder(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
     path = d / f"step-{step:08d}.pt"
-    with atomic.atomic_write(str(path)) as f:
-        w = atomic.HashingWriter(f)
-        torch.save(state, w)
-    meta = {"step": step, "epoch": epoch, "batch": batch, "sha256": w.sha.hexdigest(), "bytes": w.size,
-            "time": time.time()}
-    atomic.write_json(str(path.with_suffix(".json")), meta)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        # atomic_write removes its temp file when the write fails (a full disk: ENOSPC), so the
+        # previous checkpoints stay the newest complete ones.
+        with atomic.atomic_write(str(path)) as f:
+            w = atomic.HashingWriter(f)
+            torch.save(state, w)
+        meta = {"step": step, "epoch": epoch, "batch": batch, "sha256": w.sha.hexdigest(), "bytes": w.size,
+                "time": time.time()}
+        try:
+            atomic.write_json(str(path.with_suffix(".json")), meta)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a .pt without its marker would only be skipped with a warning
+            raise
+    except OSError as e:
+        usable = complete(run_dir)
+        kept = f"{usable[0].name} is intact" if usable else "no earlier checkpoint"
+        raise CheckpointWriteError(f"{path}: could not write the checkpoint "
+                                   f"({e.strerror or e}); {kept}") from e
     for old in complete(run_dir)[keep:]:
         # Marker first: if we die in between, the left-over .pt reads as unfinished, not corrupt.
         old.with_suffix(".json").unlink(missing_ok=True)
         old.unlink(missing_ok=True)
     return path
+
+
+def remove_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the temp files of writes a killed run left (tools.atomic names them `.<name>.tmp-*`) in
+    the run folder and its checkpoints/; returns them. Only the run's lock holder may call this:
+    another live run's temp files look the same."""
+    found = []
+    for d in (Path(run_dir), folder(run_dir)):
+        if d.is_dir():
+            found += [d / n for n in os.listdir(d) if TEMP.match(n)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 def candidates(run_dir: str | Path) -> list[Path]:

@@ -6,7 +6,10 @@
     alexnet-bench train --shards shards/ --precision bf16
 
 Each command maps its flags onto one settings object and checks it before any work; a bad value
-ends with a one-line message and a non-zero exit, and nothing is written.
+ends with a one-line message and a non-zero exit, and nothing is written. Exit codes of
+alexnet-train: 0 done (or --max-steps reached), 1 failed mid-run (bad sample, divergence, a write
+the disk refused), 2 bad settings or input, 128 + signal when SIGTERM/SIGINT stopped it with a
+checkpoint (143, 130: continue with --resume).
 """
 
 from __future__ import annotations
@@ -132,13 +135,21 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
                       checkpoint_every=checkpoint_every, max_steps=max_steps, ten_crop=ten_crop,
                       resume=resume, note=note, progress=progress)
     from pipeline import PipelineError
+    from trainer.checkpoint import CheckpointError
 
     try:
         train.main(cfg)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-    except (PipelineError, FloatingPointError) as e:  # a bad sample mid-run, a diverged loss
+    except train.Interrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(128 + e.signum)  # the shell's code for "killed by this signal": not finished
+    # A bad sample mid-run, a diverged loss, a checkpoint the disk had no room for, any other failed
+    # read or write of the run's own files.
+    except (PipelineError, FloatingPointError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename}: {e.strerror}" if e.filename else str(e)) from None
 
 
 @click.command(context_settings=CONTEXT)
@@ -153,7 +164,7 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
 def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int, devices: str | None,
               precision: str, as_json: bool) -> None:
     """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once."""
-    from trainer import evaluate
+    from trainer import distributed, evaluate
 
     _warnings_to_stderr()
     from pipeline import PipelineError
@@ -165,6 +176,8 @@ def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int
         raise click.UsageError(str(e)) from None
     except PipelineError as e:
         raise click.ClickException(str(e)) from None
+    if not distributed.from_env().main:
+        return  # under torchrun every rank holds the same reduced totals: rank 0 alone reports them
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
     else:

@@ -20,8 +20,33 @@ MEAN_MODES = ("image", "channel")  # pipeline.stats.MEAN_MODES (not imported: ke
 LR_POLICIES = ("plateau", "step")
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64 bits; numpy's SeedSequence refuses negative seeds
+
+
 class ConfigError(ValueError):
     """A bad setting; the message is one line naming the flag."""
+
+
+def local_path(value: str) -> str:
+    """`file:///x` (what fsspec and the prep tools accept) as the local path /x; anything else as is.
+
+    Training and evaluation read and write local folders only (DALI's readers open local files;
+    checkpoints are written with os.replace), so a file:// URL is stripped here once rather than
+    joined by hand later (which made `file:/x/pca.json` and a stray ./file: folder).
+    """
+    if value.startswith("file://") and "::" not in value:
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(value)
+        if parts.netloc in ("", "localhost"):
+            return unquote(parts.path)
+    return value
+
+
+def check_local(value: str, name: str) -> None:
+    if "://" in value or "::" in value:
+        raise ConfigError(f"{name}: {value} is a URL; training and evaluation use local folders only "
+                          "(copy or mount it locally; file:///path is accepted)")
 
 
 @dataclass(frozen=True)
@@ -64,6 +89,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.mean:
             object.__setattr__(self, "mean", "image" if self.init == "paper" else "channel")
+        for name in ("shards", "out"):  # file:///x is the local /x; other URLs are refused by check()
+            object.__setattr__(self, name, local_path(getattr(self, name)))
 
     def check(self, world_size: int = 1) -> None:
         """Everything that can be checked without touching files or devices; raises ConfigError."""
@@ -73,6 +100,10 @@ class TrainConfig:
         for name in ("checkpoint_every", "max_steps", "lr_patience", "lr_drops"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("shards", "out"):
+            check_local(getattr(self, name), f"--{name}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be in 0..{MAX_SEED} (2^63 - 1), got {self.seed}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:

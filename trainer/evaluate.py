@@ -95,14 +95,22 @@ def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: 
 
     import pipeline
     from trainer import checkpoint, train
-    from trainer.config import ConfigError, TrainConfig
+    from trainer.config import ConfigError, TrainConfig, check_local, local_path
     from trainer.model import AlexNet
 
     world = distributed.from_env()
     if batch_size < 1 or batch_size % world.size:
         raise ConfigError(f"--batch-size {batch_size} does not divide across {world.size} processes")
+    shards, checkpoint_path = local_path(shards), local_path(checkpoint_path)
+    check_local(shards, "--shards")
+    check_local(checkpoint_path, "--checkpoint")
     devices = train.replica(devices, world)
     manifest = train.check_shards(shards)
+    # The eval loader pads every rank's last batch up to the full batch size, so a batch beyond the
+    # split is all padding: --batch-size 100000 on 16 images grew to 12.8 GB. At most the split,
+    # rounded up to a multiple of the processes.
+    val_samples = manifest["splits"]["val"]["samples"]
+    batch_size = min(batch_size, -(-val_samples // world.size) * world.size)
     path = Path(checkpoint_path)
     try:
         if path.is_dir():

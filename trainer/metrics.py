@@ -56,11 +56,26 @@ class RunLog:
 
 
 def read(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl. A last line without its newline is a write in progress (or one a
+    kill cut short) and is left out; any other line that is not a JSON record raises ValueError
+    naming the file and line."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], 1):  # lines[-1]: after the last newline
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path} line {number}: not a JSON record ({e})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
+            raise ValueError(f"{path} line {number}: not a metrics record (no \"kind\")")
+        records.append(record)
+    return records
 
 
 def truncate(run_dir: str | Path, step: int, epochs_done: int) -> None:

@@ -17,6 +17,9 @@ CURVES = "curves.png"
 SUMMARY = "summary.md"
 
 
+PARAMS_NEEDED = ("config", "shards")
+
+
 class ReportError(ValueError):
     pass
 
@@ -26,8 +29,18 @@ def load(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     params_path = run / "params.json"
     if not params_path.exists():
         raise ReportError(f"{run}: no params.json (not an alexnet-train run folder)")
-    params = json.loads(params_path.read_text())
-    records = metrics.read(run)
+    try:
+        params = json.loads(params_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{params_path}: not readable JSON ({e})") from None
+    missing = [k for k in PARAMS_NEEDED
+               if not isinstance(params, dict) or not isinstance(params.get(k), dict)]
+    if missing:
+        raise ReportError(f"{params_path}: not an alexnet-train params.json (no {', '.join(missing)})")
+    try:
+        records = metrics.read(run)
+    except (OSError, ValueError) as e:
+        raise ReportError(str(e)) from None
     if not any(r["kind"] in ("train", "epoch") for r in records):
         raise ReportError(f"{run}: metrics.jsonl has no training records yet")
     return params, records
@@ -160,7 +173,13 @@ def report(run_dir: str | Path) -> tuple[Path, Path]:
     params, records = load(run)
     png, md = run / CURVES, run / SUMMARY
     tmp = run / f".{CURVES}.tmp.png"
-    plot(records, tmp, classes=params.get("shards", {}).get("classes"))
+    try:
+        text = summary(params, records, run.name)
+        plot(records, tmp, classes=params["shards"].get("classes"))
+    except (KeyError, TypeError, ValueError) as e:  # a record or setting of the wrong shape
+        tmp.unlink(missing_ok=True)
+        raise ReportError(f"{run}: params.json or metrics.jsonl lacks or garbles a field "
+                          f"({type(e).__name__}: {e})") from None
     tmp.replace(png)
-    atomic.write_bytes(str(md), summary(params, records, run.name).encode())
+    atomic.write_bytes(str(md), text.encode())
     return png, md

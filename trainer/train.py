@@ -9,20 +9,27 @@ validation error stops improving, ~90 epochs; then the ten-patch evaluation of Â
 Plain functions in the order a run calls them: `prepare` (every check, before any work), `load_data`,
 `build_model`, `train_one_epoch`, `main`. The run folder gets params.json (settings, git revision,
 shard manifest hash), metrics.jsonl, TensorBoard events and checkpoints/ (trainer/checkpoint.py).
+
+Faults (README, "When things go wrong"): rank 0 holds `<out>/.lock` for the whole run
+(tools/lock.py); SIGTERM/SIGINT stop at the next step with a checkpoint (exit 128 + signal); no
+checkpoint is written with non-finite weights; --resume refuses other shards.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,7 @@ from pipeline.errors import PipelineError
 from pipeline.loader import PAD_LABEL
 from tools import atomic
 from tools import manifest as manifest_lib
+from tools.lock import RunLock, RunLockedError
 from trainer import checkpoint, distributed, metrics, optim
 from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag
 from trainer.evaluate import evaluate
@@ -49,6 +57,19 @@ STATS = ("pca.json", "mean.npy")  # written by `alexnet-prep pca-stats`; the pip
 
 class StopRun(Exception):
     """Raised inside the loop when --max-steps is reached (after the checkpoint is written)."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after it wrote a checkpoint at the current step.
+
+    `alexnet-train` exits with 128 + the signal's number (143, 130), the shell's convention, so a
+    scheduler sees that the run did not finish; the same command with --resume continues it exactly.
+    """
+
+    def __init__(self, signum: int, step: int, out: str) -> None:
+        self.signum, self.step = signum, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step} with a checkpoint; "
+                         f"continue with the same command and --resume ({out})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,6 +87,8 @@ class Plan:
     num_classes: int
     resume_from: tuple[dict[str, Any], Path] | None = None
     resumed_by_restart: bool = False
+    # The folder holds an attempt killed before its first checkpoint: start at step 0 over its logs.
+    restart_empty: bool = False
 
 
 def own_gpus(world: distributed.World) -> bool:
@@ -136,21 +159,55 @@ def check_shards(shards: str) -> dict[str, Any]:
 
 
 def prepare(cfg: TrainConfig, world: distributed.World | None = None) -> Plan:
-    """Every start-up check; raises ConfigError (one line) before anything is written."""
+    """Every start-up check that needs no lock; raises ConfigError (one line), writes nothing."""
     world = world or distributed.from_env()
     cfg.check(world.size)
     devices = replica(cfg.devices, world)
     m = check_shards(cfg.shards)
-    plan = Plan(cfg, world, devices, m, len(m["classes"]))
-
     out = Path(cfg.out)
-    restarted = distributed.restart_count() > 0
-    has_run = (out / PARAMS).exists() or bool(checkpoint.candidates(out))
-    if has_run and not (cfg.resume or restarted):
-        raise ConfigError(f"--out: {out} already holds a run; pass --resume to continue it "
-                          "or choose another --out")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file")
+    return Plan(cfg, world, devices, m, len(m["classes"]))
+
+
+def shards_identity(plan: Plan) -> dict[str, Any]:
+    """What names the data a run trains on (kept in params.json and in every checkpoint)."""
+    m = plan.manifest
+    return {"path": str(Path(plan.cfg.shards).resolve()),
+            "train_hash": manifest_lib.shard_list_hash(m, "train"),
+            "val_hash": manifest_lib.shard_list_hash(m, "val"),
+            "classes": plan.num_classes}
+
+
+def read_params(out: Path) -> dict[str, Any]:
+    try:
+        params = json.loads((out / PARAMS).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--out: {out / PARAMS} is unreadable ({e})") from e
+    if not isinstance(params, dict) or not isinstance(params.get("config"), dict):
+        raise ConfigError(f"--out: {out / PARAMS} is not an alexnet-train params.json")
+    return params
+
+
+def find_resume(plan: Plan) -> None:
+    """What the run folder holds and how this run continues it. Called with the folder's lock held,
+    so no other run changes it meanwhile; raises ConfigError."""
+    cfg, out = plan.cfg, Path(plan.cfg.out)
+    restarted = distributed.restart_count() > 0
+    has_checkpoint = bool(checkpoint.candidates(out))
+    if not has_checkpoint and (out / PARAMS).exists():
+        # Killed before its first checkpoint: nothing to resume, nothing worth keeping but the
+        # settings. The same command (with or without --resume) starts it again from step 0.
+        saved = read_params(out)
+        check_same_run(cfg, TrainConfig.from_dict(saved["config"]),
+                       "--out: {out} holds a run stopped before its first checkpoint, started with other "
+                       "settings: {flag} {saved}, not {now}; rerun it with those or choose another --out")
+        check_same_shards(plan, saved.get("shards", {}), out / PARAMS)
+        plan.restart_empty = True
+        return
+    if has_checkpoint and not (cfg.resume or restarted):
+        raise ConfigError(f"--out: {out} already holds a run; pass --resume to continue it "
+                          "or choose another --out")
     if cfg.resume or restarted:
         try:
             found = checkpoint.load_latest(out)
@@ -159,17 +216,42 @@ def prepare(cfg: TrainConfig, world: distributed.World | None = None) -> Plan:
         if found is None and cfg.resume and not restarted:
             raise ConfigError(f"--resume: {out} has no checkpoint to resume from")
         if found is not None:
-            check_resumable(cfg, world, found[0], found[1])
+            check_resumable(plan, found[0], found[1])
         plan.resume_from, plan.resumed_by_restart = found, restarted
-    return plan
 
 
-def check_resumable(cfg: TrainConfig, world: distributed.World, state: dict[str, Any], path: Path) -> None:
-    saved = TrainConfig.from_dict(state["config"])
+RESUME_MISMATCH = ("--resume: {flag} is {now} but the run in {out} used {saved}; "
+                   "a resumed run must keep it")
+
+
+def check_same_run(cfg: TrainConfig, saved: TrainConfig, message: str = RESUME_MISMATCH) -> None:
     for name in RESUME_MUST_MATCH:
         if getattr(saved, name) != getattr(cfg, name):
-            raise ConfigError(f"--resume: --{flag(name)} is {getattr(cfg, name)} but the run in {cfg.out} "
-                              f"used {getattr(saved, name)}; a resumed run must keep it")
+            raise ConfigError(message.format(flag=f"--{flag(name)}", now=getattr(cfg, name), out=cfg.out,
+                                             saved=getattr(saved, name)))
+
+
+def check_same_shards(plan: Plan, saved: dict[str, Any], source: Path) -> None:
+    """A run continues on the shards it started on: same train shard list (names + sha256) and the
+    same class count (else the classifier does not even load)."""
+    now = shards_identity(plan)
+    if all(saved.get(k) in (None, now[k]) for k in ("train_hash", "classes")):
+        return
+    raise ConfigError(f"--resume: {source} was trained on {saved.get('path', '?')} (train shards "
+                      f"{str(saved.get('train_hash'))[:12]}, {saved.get('classes')} classes), not on "
+                      f"{now['path']} (train shards {now['train_hash'][:12]}, {now['classes']} classes); "
+                      "resume with the same --shards or choose another --out")
+
+
+def check_resumable(plan: Plan, state: dict[str, Any], path: Path) -> None:
+    cfg, world = plan.cfg, plan.world
+    check_same_run(cfg, TrainConfig.from_dict(state["config"]))
+    saved = state.get("shards")
+    if saved is None:  # checkpoints written before they carried it: the run's params.json
+        params = Path(cfg.out) / PARAMS
+        saved = read_params(Path(cfg.out)).get("shards", {}) if params.exists() else {}
+        saved = {**saved, "classes": state.get("num_classes", saved.get("classes"))}
+    check_same_shards(plan, saved, path)
     if state["batch"] and state["world_size"] != world.size:
         raise ConfigError(f"--resume: {path.name} was written mid-epoch by {state['world_size']} "
                           f"process(es); resume it with the same number (not {world.size})")
@@ -390,14 +472,11 @@ def write_params(plan: Plan, resumed: bool) -> None:
     params = {
         "config": plan.cfg.to_dict(),
         "git": git_revision(),
-        "shards": {"path": str(Path(plan.cfg.shards).resolve()),
+        "shards": {**shards_identity(plan),
                    "manifest_sha256": hashlib.sha256((Path(plan.cfg.shards) / manifest_lib.MANIFEST)
                                                      .read_bytes()).hexdigest(),
-                   "train_hash": manifest_lib.shard_list_hash(m, "train"),
-                   "val_hash": manifest_lib.shard_list_hash(m, "val"),
                    "train_samples": m["splits"]["train"]["samples"],
-                   "val_samples": m["splits"]["val"]["samples"],
-                   "classes": plan.num_classes},
+                   "val_samples": m["splits"]["val"]["samples"]},
         "world_size": plan.world.size,
         "devices": list(plan.devices),
         "machine": metrics.machine(),
@@ -419,7 +498,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def make_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, pos: Position, loader: Any,
                cfg: TrainConfig, num_classes: int, world: distributed.World,
-               devices: tuple[str, ...]) -> dict[str, Any] | None:
+               devices: tuple[str, ...], shards: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The checkpoint state on rank 0 (None elsewhere). Every rank must call it: it gathers each
     rank's RNG (of its replica's `devices`) and loader states, which differ (dropout masks, shard_id)."""
     per_rank = distributed.all_gather({"rng": checkpoint.rng_state(devices), "loader": loader_state(loader),
@@ -438,7 +517,86 @@ def make_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
         "pending": [r["pending"] for r in per_rank],
         "config": cfg.to_dict(),
         "num_classes": num_classes,
+        "shards": shards,  # what --resume checks the new --shards against (shards_identity)
     }
+
+
+def nonfinite_parameter(model: nn.Module) -> str | None:
+    """The first parameter holding a NaN or an infinity, or None. One host sync per tensor: run at
+    checkpoint time only, where it costs nothing next to writing ~700 MB."""
+    for name, p in unwrap(model).named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return name
+    return None
+
+
+class StopSignals:
+    """SIGTERM and SIGINT (a scheduler's preemption, `docker compose stop`, Ctrl-C) ask the loop to
+    stop at the next step with a checkpoint, instead of killing it wherever it is. A second signal
+    acts at once (the previous handlers are back after the first)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal.signal's own restriction
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def __exit__(self, *_exc: object) -> None:
+        self._restore()
+
+    def requested(self, world: distributed.World, device: torch.device) -> int:
+        """The signal to stop for (0: none), agreed by all ranks: a collective, so every rank must
+        call it at the same step."""
+        if not world.distributed:
+            return self.signum
+        ranks = distributed.all_reduce_sum(torch.tensor([1 if self.signum else 0], device=device)).item()
+        return (self.signum or signal.SIGTERM) if ranks else 0
+
+
+LOCK_NAME = ".lock"  # in the run folder, while a run writes into it
+
+
+@contextmanager
+def hold_run_folder(plan: Plan) -> Iterator[None]:
+    """Rank 0 holds `--out`'s lock for the whole run (tools.lock): a second run into the same folder
+    stops at once instead of interleaving its checkpoints and logs with this one's. A folder this
+    call created is removed again if the run stops before writing anything into it."""
+    out = Path(plan.cfg.out)
+    if not plan.world.main:
+        yield
+        return
+    created = not out.exists()
+    try:
+        lock = RunLock(out / LOCK_NAME, "alexnet-train", log=lambda m: warnings.warn(m, stacklevel=2))
+        lock.acquire()
+    except RunLockedError as e:
+        raise ConfigError(f"--out: {e}") from None
+    except OSError as e:  # read-only folder, a path under a file, no space for even the lock
+        raise ConfigError(f"--out: cannot write into {out} ({e.strerror or e})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        if created:
+            try:
+                out.rmdir()  # only if empty: a failed start leaves nothing behind
+            except OSError:
+                pass
 
 
 def main(cfg: TrainConfig, world: distributed.World | None = None) -> dict[str, Any]:
@@ -447,7 +605,19 @@ def main(cfg: TrainConfig, world: distributed.World | None = None) -> dict[str, 
     Raises ConfigError, before anything is written, on any bad input.
     """
     plan = prepare(cfg, world)
-    world, devices = plan.world, plan.devices
+    with hold_run_folder(plan), StopSignals() as stop:
+        return run(plan, stop)
+
+
+def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
+    """The run itself, with the folder's lock held (`main`)."""
+    find_resume(plan)
+    cfg, world, devices = plan.cfg, plan.world, plan.devices
+    if world.main:
+        removed = checkpoint.remove_temp_files(cfg.out)
+        if removed:
+            warnings.warn(f"removed {len(removed)} temp file(s) of an interrupted write in {cfg.out}: "
+                          f"{', '.join(p.name for p in removed)}", stacklevel=1)
     device = torch.device(devices[0])
     state = plan.resume_from[0] if plan.resume_from else None
     pos = Position()
@@ -487,35 +657,55 @@ def main(cfg: TrainConfig, world: distributed.World | None = None) -> dict[str, 
         out = Path(cfg.out)
         if world.main:
             out.mkdir(parents=True, exist_ok=True)
-            if state is not None or plan.resumed_by_restart:
+            resumed = state is not None or plan.resumed_by_restart or plan.restart_empty
+            if resumed:
                 # Lines the killed run logged after its checkpoint (all of them if it had none).
                 metrics.truncate(out, pos.step, pos.epoch)
-            if state is None and plan.resumed_by_restart:
-                warnings.warn(f"restarted before the first checkpoint of {out}: starting from step 0",
-                              stacklevel=1)
+            if state is None and resumed:
+                warnings.warn(f"{out} holds a run stopped before its first checkpoint: starting it again "
+                              "from step 0", stacklevel=1)
             write_params(plan, resumed=state is not None)
-            resumed = state is not None or plan.resumed_by_restart
             run_log = metrics.RunLog(out, purge_step=pos.step + 1 if resumed else None)
             if state is not None:
+                tqdm.write(f"resuming {out} from {plan.resume_from[1]} (step {pos.step}, epoch {pos.epoch}, "
+                           f"batch {pos.batch} of it); logs in {out / metrics.METRICS}", file=sys.stderr)
                 run_log.write({"kind": "resume", "step": pos.step, "epoch": pos.epoch, "batch": pos.batch,
                                "checkpoint": str(plan.resume_from[1]), "restart": plan.resumed_by_restart})
         log = run_log.write if run_log else None
         steps_per_epoch = len(train_loader)
 
+        shards = shards_identity(plan)
+
         def save() -> None:
+            # Every rank checks (DDP keeps the weights equal, so all stop together): a checkpoint
+            # with NaN weights would make every later --resume diverge from the start.
+            bad = nonfinite_parameter(model)
+            if bad is not None:
+                raise FloatingPointError(f"non-finite weights ({bad}) at step {pos.step}: diverged (try "
+                                         "a lower --lr); no checkpoint written for it, earlier ones are kept")
             s = make_state(model, optimizer, scheduler, pos, train_loader, cfg, plan.num_classes, world,
-                           devices)
+                           devices, shards)
             if s is not None:
                 checkpoint.save(out, s, pos.step, pos.epoch, pos.batch)
+
+        def check_stop_signal() -> None:
+            signum = stop.requested(world, device)
+            if signum:
+                save()
+                raise Interrupted(signum, pos.step, cfg.out)
 
         def every_step(p: Position) -> None:
             if p.batch == steps_per_epoch:
                 return  # the epoch's end: evaluation and the epoch checkpoint come next
+            # Under torchrun the ranks agree on a signal with one collective per log interval;
+            # alone, the flag is read after every step for free.
+            if not world.distributed or p.step % cfg.log_every == 0:
+                check_stop_signal()
             due = cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0
-            stop = cfg.max_steps and p.step >= cfg.max_steps
-            if due or stop:
+            stop_now = cfg.max_steps and p.step >= cfg.max_steps
+            if due or stop_now:
                 save()
-            if stop:
+            if stop_now:
                 raise StopRun
 
         def validate(ten_crop: bool) -> dict[str, Any]:
@@ -549,6 +739,9 @@ def main(cfg: TrainConfig, world: distributed.World | None = None) -> dict[str, 
                            file=sys.stderr)
             pos.epoch, pos.batch, pos.loss_sum, pos.samples = pos.epoch + 1, 0, 0.0, 0.0
             save()
+            signum = stop.requested(world, device)
+            if signum:  # arrived during the epoch's last step or its validation: checkpoint just written
+                raise Interrupted(signum, pos.step, cfg.out)
             if cfg.max_steps and pos.step >= cfg.max_steps and pos.epoch < cfg.epochs:
                 raise StopRun
         if cfg.ten_crop:
