@@ -25,7 +25,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-
 _HELD: set[str] = set()  # real paths of the locks this process holds
 
 
