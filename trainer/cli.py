@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from typing import Any
 
 import click
 
 import paper
 from trainer.config import (
+    AUGMENTS,
     INITS,
+    LIGHTINGS,
     LR_POLICIES,
     LRN_VARIANTS,
     MEAN_MODES,
@@ -28,6 +31,7 @@ from trainer.config import (
     ConfigError,
     TrainConfig,
 )
+from trainer.model import COLUMN_CHOICES, NORMS, POOLS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
@@ -88,6 +92,21 @@ def _warnings_to_stderr() -> None:
                    "(identical steps at constant lr, not right after an lr drop).")
 @click.option("--lrn", type=click.Choice(LRN_VARIANTS), default="paper",
               help="LRN as printed in §3.3, or cuda-convnet's alpha / n.")
+# The paper's ablations (README "The paper's experiments"); each default is the paper's network.
+@click.option("--norm", type=click.Choice(NORMS), default="lrn",
+              help="After conv1/conv2's ReLU: §3.3's LRN, nothing, or BatchNorm in LRN's place "
+                   "(its scale and shift are not weight-decayed).")
+@click.option("--pool", type=click.Choice(tuple(POOLS)), default="overlap",
+              help="§3.4: overlapping 3x3 stride-2 max-pooling, or nonoverlap 2x2 stride 2.")
+@click.option("--columns", type=click.Choice([str(c) for c in COLUMN_CHOICES]), default="2",
+              callback=lambda _ctx, _param, value: int(value),
+              help="§3.2: two columns, or 1: the footnote's one-column net (48-128-192-192-256 kernels, "
+                   "FC 4096-4096; one device).")
+@click.option("--dropout", type=float, default=paper.DROPOUT, help="§4.2: dropout p on fc6 and fc7 (0: off).")
+@click.option("--lighting", type=click.Choice(LIGHTINGS), default="paper01",
+              help="§4.1 PCA lighting: alpha ~ N(0, 0.1) (paper01), cuda-convnet's variant, or off.")
+@click.option("--augment", type=click.Choice(AUGMENTS), default="full",
+              help="§4.1: random crops, flips and lighting (full), or none: the centre crop only.")
 @click.option("--mean", type=click.Choice(MEAN_MODES), default=None,
               help="Input normalisation: image = §2's raw RGB minus the mean image (what paper init is sized "
                    "for); channel = (x - mean) / std per channel (what kaiming init assumes) "
@@ -114,7 +133,7 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
          lr_policy: str, lr_patience: int, lr_threshold: float, lr_drops: int, lr_milestones: str | None,
          init: str, sgd: str, lrn: str, mean: str | None, devices: str | None, precision: str,
          channels_last: bool, compile_: bool, seed: int, log_every: int, checkpoint_every: int,
-         max_steps: int, ten_crop: bool, resume: bool, note: str, progress: bool) -> None:
+         max_steps: int, ten_crop: bool, resume: bool, note: str, progress: bool, **switches: Any) -> None:
     """Train AlexNet as in Krizhevsky et al. (2012), §5: SGD, batch 128, momentum 0.9, weight decay
     5e-4, lr 0.01 divided by 10 when the validation error stops improving, 90 epochs.
 
@@ -130,7 +149,7 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
                       precision=precision,
                       channels_last=channels_last, compile=compile_, seed=seed, log_every=log_every,
                       checkpoint_every=checkpoint_every, max_steps=max_steps, ten_crop=ten_crop,
-                      resume=resume, note=note, progress=progress)
+                      resume=resume, note=note, progress=progress, **switches)
     from pipeline import PipelineError
 
     try:
