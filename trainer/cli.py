@@ -2,6 +2,7 @@
 
     alexnet-train --shards shards/ --out runs/paper
     alexnet-eval --checkpoint runs/paper --shards shards/ --ten-crop
+    alexnet-eval --checkpoint runs/a --checkpoint runs/b --shards shards/ --ten-crop   # §6 ensemble
     alexnet-report runs/paper
     alexnet-bench train --shards shards/ --precision bf16
 
@@ -161,24 +162,26 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--checkpoint", "checkpoint_path", required=True,
-              help="A checkpoint file (step-*.pt) or a run folder (its latest good checkpoint).")
+@click.option("--checkpoint", "checkpoint_paths", required=True, multiple=True,
+              help="A checkpoint file (step-*.pt) or a run folder (its latest good checkpoint). Repeat it to "
+                   "evaluate an ensemble (§6): the mean of the models' softmax outputs.")
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the 10 patches of §6.")
 @click.option("--batch-size", type=int, default=paper.BATCH_SIZE, help="Evaluation batch (global).")
 @click.option("--devices", default=None, help="As for alexnet-train [default: as for alexnet-train].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="tf32", help="As for alexnet-train.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int, devices: str | None,
-              precision: str, as_json: bool) -> None:
-    """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once."""
+def eval_main(checkpoint_paths: tuple[str, ...], shards: str, ten_crop: bool, batch_size: int,
+              devices: str | None, precision: str, as_json: bool) -> None:
+    """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once.
+    With several --checkpoint, each model's numbers and those of their ensemble (§6)."""
     from trainer import evaluate
 
     _warnings_to_stderr()
     from pipeline import PipelineError
 
     try:
-        result = evaluate.main(checkpoint_path, shards, ten_crop=ten_crop, batch_size=batch_size,
+        result = evaluate.main(checkpoint_paths, shards, ten_crop=ten_crop, batch_size=batch_size,
                                devices=_devices(devices), precision=precision)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
@@ -186,11 +189,21 @@ def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int
         raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
-    else:
-        mode = "10-crop" if ten_crop else "centre crop"
-        click.echo(f"{result['val_samples']} images ({mode}): "
-                   f"top-1 error {100 * result['val_top1_err']:.2f}%, "
-                   f"top-5 error {100 * result['val_top5_err']:.2f}%, loss {result['val_loss']:.4f}")
+        return
+    mode = "10-crop" if ten_crop else "centre crop"
+    if "ensemble" not in result:
+        click.echo(f"{result['val_samples']} images ({mode}): {_errors(result)}")
+        return
+    members = result["members"]
+    click.echo(f"{result['ensemble']['val_samples']} images ({mode}), {len(members)} models:")
+    for member in members:
+        click.echo(f"  {member['checkpoint']}: {_errors(member)}")
+    click.echo(f"  ensemble (mean of {len(members)} softmaxes): {_errors(result['ensemble'])}")
+
+
+def _errors(result: dict[str, Any]) -> str:
+    return (f"top-1 error {100 * result['val_top1_err']:.2f}%, "
+            f"top-5 error {100 * result['val_top5_err']:.2f}%, loss {result['val_loss']:.4f}")
 
 
 @click.command(context_settings=CONTEXT)
