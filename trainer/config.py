@@ -95,7 +95,7 @@ class TrainConfig:
                               ("sgd", SGD_VARIANTS), ("norm", NORMS), ("pool", tuple(POOLS)),
                               ("columns", COLUMN_CHOICES), ("lighting", LIGHTINGS), ("augment", AUGMENTS)):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{flag(name)} must be one of {', '.join(allowed)}, "
+                raise ConfigError(f"--{flag(name)} must be one of {', '.join(map(str, allowed))}, "
                                   f"got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
