@@ -28,7 +28,6 @@ COLS = range(paper.COLUMNS)
 # stride-4 kernel only gives with 2 pixels of padding: (224 + 2*2 - 11) // 4 + 1 = 55. conv2 (5x5)
 # pads 2 and conv3-5 (3x3) pad 1 to keep Figure 2's 27x27 and 13x13 maps.
 CONV_PADDING = (2, 2, 1, 1, 1)
-FC6_MAP = 6  # 13x13 conv5 maps after 3x3 stride-2 pooling; 2 * 128 * 6 * 6 = 9216 fc6 inputs
 
 LRN_VARIANTS = ("paper", "cuda-convnet")
 INITS = ("paper", "kaiming")
@@ -151,7 +150,8 @@ class AlexNet(nn.Module):
         nothing else around it (Ioffe & Szegedy put BN before the nonlinearity; that would also move
         the ReLU's input, a second change). Per column, as LRN: each column's BN sees only its own
         channels (`bn1.0`/`bn1.1`, `bn2.0`/`bn2.1`); per-channel statistics make that the same as one
-        BN over the concatenated channels. Weight decay: see trainer/train.py `make_optimizer`.
+        BN over the concatenated channels. Its scale and shift are not weight-decayed
+        (trainer/train.py `make_optimizer` says why).
     pool: "overlap" (§3.4: 3x3 windows, stride 2) or "nonoverlap" (2x2, stride 2); both give 27, 13
         and 6 pixel maps (`map_sizes`).
     columns: 2 (Figure 2) or 1: §3.2's one-column net (`column_widths`), one device only.
@@ -199,7 +199,7 @@ class AlexNet(nn.Module):
         k1, k2, k3, k4, k5 = paper.CONV_KERNELS
         p1, p2, p3, p4, p5 = CONV_PADDING
         both = columns  # input width factor of the layers that see both columns
-        side = map_sizes(pool)[2]  # FC6_MAP with either pooling
+        side = map_sizes(pool)[2]  # 6 with either pooling: 2 * 128 * 6 * 6 = 9216 fc6 inputs
 
         # _init_weights sets every weight, so the layers are built on "meta" to skip torch's default
         # init, which is half the construction time on a CPU.
