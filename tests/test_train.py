@@ -285,3 +285,15 @@ def test_ensemble_over_two_ranks_sees_each_image_once(monkeypatch) -> None:
     assert ranks[0][:, 3].tolist() == [6, 6, 6] and ranks[1][:, 3].tolist() == [5, 5, 5]
     assert torch.equal((ranks[0] + ranks[1])[:, 1:], one[:, 1:])  # hits and samples: counts, exact
     torch.testing.assert_close(ranks[0][:, 0] + ranks[1][:, 0], one[:, 0], rtol=1e-6, atol=0)  # fp32 sums
+
+
+@pytest.mark.parametrize("visible, local_rank, local_size, expected", [
+    (2, 0, 1, ("cuda:0",)),  # two GPUs, one process: the one-column net takes the first
+    (8, 1, 4, ("cuda:1",)),  # 4 processes share 8 GPUs: one each, by local rank
+    (1, 3, 4, ("cuda:0",)),  # a launcher gave each its own
+])
+def test_one_column_net_takes_one_device_by_default(monkeypatch, visible: int, local_rank: int,
+                                                    local_size: int, expected: tuple[str, ...]) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    world = distributed.World(rank=local_rank, size=local_size, local_rank=local_rank, local_size=local_size)
+    assert train.replica((), world, columns=1) == expected
