@@ -315,3 +315,102 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(demo_run: Path, samp
     new = [r for r in metrics.read(run) if r["kind"] in ("train", "epoch")]
     assert [r.get("loss", r.get("val_loss")) for r in new] == pytest.approx(
         [r.get("loss", r.get("val_loss")) for r in old], abs=1e-6)
+
+
+# ---- the paper's experiments: switches end to end, §6 ensembles -------------------------------------
+
+SWITCH_FLAGS = ["--norm", "batch", "--pool", "nonoverlap", "--columns", "1", "--dropout", "0.3",
+                "--lighting", "off", "--augment", "none"]
+
+
+@pytest.mark.slow  # a 1-epoch run (~15 s on 2 cores); the default run checks each piece separately below
+def test_a_run_with_every_switch(sample_shards: Path, tmp_path: Path) -> None:
+    """Recorded in params.json and the checkpoint, listed by the report with reasons, and
+    alexnet-eval of the run gives the run's own last validation numbers."""
+    run = tmp_path / "switches"
+    result = train("--shards", str(sample_shards), "--out", str(run), *DEMO[2:], "--epochs", "1",
+                   "--no-ten-crop", *SWITCH_FLAGS)
+    assert result.exit_code == 0, result.output
+    expected = {"norm": "batch", "pool": "nonoverlap", "columns": 1, "dropout": 0.3, "lighting": "off",
+                "augment": "none"}
+    params = json.loads((run / "params.json").read_text())["config"]
+    assert {k: params[k] for k in expected} == expected
+    state = checkpoint.load(checkpoint.complete(run)[0])
+    assert {k: state["config"][k] for k in expected} == expected
+    assert CliRunner().invoke(report_main, [str(run)]).exit_code == 0
+    summary = (run / "summary.md").read_text()
+    for line in ("`--norm batch` (default `--norm lrn`): §3.3", "`--columns 1` (default `--columns 2`): §3.2",
+                 "`--augment none` (default `--augment full`): §4.1"):
+        assert line in summary
+    result = CliRunner().invoke(eval_main, ["--checkpoint", str(run), "--shards", str(sample_shards),
+                                            "--batch-size", "8", "--devices", "cpu", "--precision", "fp32",
+                                            "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output.strip().splitlines()[-1])
+    last = [r for r in metrics.read(run) if r["kind"] == "epoch"][-1]
+    assert got["val_top1_err"] == last["val_top1_err"]
+    assert got["val_loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+
+
+def test_resume_refuses_a_changed_switch(demo_run: Path, sample_shards: Path) -> None:
+    before = snapshot(demo_run)
+    for flag, value, saved in (("--norm", "none", "lrn"), ("--columns", "1", "2"),
+                               ("--augment", "none", "full")):
+        result = train("--shards", str(sample_shards), "--out", str(demo_run), *DEMO, "--resume", flag, value)
+        assert_usage_error(result, f"--resume: {flag} is {value} but the run in {demo_run} used {saved}")
+    assert snapshot(demo_run) == before
+
+
+def test_eval_rebuilds_the_runs_network(sample_shards: Path, tmp_path: Path) -> None:
+    """A checkpoint of a net with every architecture switch changed: alexnet-eval builds that net
+    (the strict state-dict load would fail otherwise) with its pooling, and gives its numbers."""
+    import pipeline
+    from trainer.config import TrainConfig
+    from trainer.evaluate import evaluate
+    from trainer.model import AlexNet
+
+    classes = len(json.loads((sample_shards / "manifest.json").read_text())["classes"])
+    cfg = TrainConfig(shards=str(sample_shards), out="", init="kaiming", norm="batch", pool="nonoverlap",
+                      columns=1, dropout=0.3, lighting="off")
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=classes, devices=("cpu",), init="kaiming", norm="batch", pool="nonoverlap",
+                    columns=1, dropout=0.3)
+    path = tmp_path / "step-00000001.pt"
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "num_classes": classes}, path)
+    result = CliRunner().invoke(eval_main, ["--checkpoint", str(path), "--shards", str(sample_shards),
+                                            "--devices", "cpu", "--precision", "fp32", "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output.strip().splitlines()[-1])
+    loader = pipeline.eval_loader(str(sample_shards), batch_size=128, device="cpu", mean=cfg.mean)
+    expected = evaluate(model, loader, "cpu")
+    assert got["val_samples"] == expected["val_samples"] == 16
+    assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
+    overlapping = AlexNet(num_classes=classes, devices=("cpu",), norm="batch", columns=1)
+    overlapping.load_state_dict(model.state_dict())  # the same weights with the paper's pooling
+    assert evaluate(overlapping, loader, "cpu")["val_loss"] != pytest.approx(got["val_loss"], rel=1e-3)
+
+
+def test_eval_of_an_ensemble_reports_each_model_and_the_mean(demo_run: Path, sample_shards: Path) -> None:
+    """Two checkpoints of the demo run: each member's numbers are what alexnet-eval gives it alone."""
+    earlier = checkpoint.complete(demo_run)[-1]
+    common = ["--shards", str(sample_shards), "--devices", "cpu", "--precision", "fp32", "--batch-size", "6"]
+    alone = []
+    for ckpt in (earlier, demo_run):
+        result = CliRunner().invoke(eval_main, ["--checkpoint", str(ckpt), *common, "--json"])
+        assert result.exit_code == 0, result.output
+        alone.append(json.loads(result.output.strip().splitlines()[-1]))
+    args = ["--checkpoint", str(earlier), "--checkpoint", str(demo_run), *common]
+    result = CliRunner().invoke(eval_main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output.strip().splitlines()[-1])
+    assert [m.pop("checkpoint") for m in got["members"]] == [str(earlier), str(demo_run)]
+    for member, single in zip(got["members"], alone, strict=True):
+        assert member["val_samples"] == 16 and member["val_top1_err"] == single["val_top1_err"]
+        assert member["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+    assert got["ensemble"]["val_samples"] == 16
+    text = CliRunner().invoke(eval_main, args)
+    assert text.exit_code == 0, text.output
+    lines = text.output.strip().splitlines()
+    assert lines[0] == "16 images (centre crop), 2 models:"
+    assert lines[1].startswith(f"  {earlier}: top-1 error") and lines[2].startswith(f"  {demo_run}: top-1")
+    assert lines[3].startswith("  ensemble (mean of 2 softmaxes): top-1 error")

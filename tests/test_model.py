@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import paper
-from trainer.model import COLS, AlexNet, LocalResponseNorm
+from trainer.model import COLS, AlexNet, LocalResponseNorm, map_sizes
 
 BATCH = 2
 PAPER_PARAMETERS = 60_965_224  # §1: "60 million parameters"; Figure 2's layers counted exactly
@@ -497,3 +497,145 @@ def test_column_one_does_not_wait_for_column_zeros_layer(images: torch.Tensor) -
             handle.remove()
     torch.cuda.synchronize(0)
     assert waited[0] < sleep_s / 2, f"column 1 waited {waited[0]:.3f} s behind column 0's {sleep_s:.3f} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's ablations (norm, pool, columns, dropout): each changes exactly what it names.
+
+
+def expected_parameters(columns: int, norm: str, classes: int = paper.NUM_CLASSES) -> int:
+    """Counted by hand from Figure 2 (two columns) and §3.2's footnote (one column), not from the model."""
+    if columns == 2:
+        # (out, in per kernel, k): conv2/4/5 see their own column (48, 192, 192), conv3 both (256)
+        convs = [(96, 3, 11), (256, 48, 5), (384, 256, 3), (384, 192, 3), (256, 192, 3)]
+    else:
+        convs = [(48, 3, 11), (128, 48, 5), (192, 128, 3), (192, 192, 3), (256, 192, 3)]
+    fcs = [(256 * 6 * 6, 4096), (4096, 4096), (4096, classes)]  # full FC layers either way
+    count = sum(o * i * k * k + o for o, i, k in convs) + sum(i * o + o for i, o in fcs)
+    if norm == "batch":
+        count += 2 * (convs[0][0] + convs[1][0])  # a scale and a shift per conv1 and conv2 channel
+    return count
+
+
+def test_hand_counts_are_the_papers() -> None:
+    assert expected_parameters(2, "lrn") == PAPER_PARAMETERS == 60_965_224
+    assert expected_parameters(1, "lrn") == 59_798_312  # the number the issue quotes for the footnote's net
+
+
+@pytest.mark.parametrize("columns", [2, 1])
+@pytest.mark.parametrize("norm", ["lrn", "none", "batch"])
+def test_parameter_count_of_every_norm_and_columns(norm: str, columns: int) -> None:
+    model = AlexNet(devices=("cpu",), norm=norm, columns=columns)
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(columns, norm)
+    model = AlexNet(num_classes=6, devices=("cpu",), norm=norm, columns=columns)
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(columns, norm, 6)
+
+
+def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def test_switches_change_only_what_they_name(model: AlexNet) -> None:
+    default = shapes(model)
+    assert model.norm == "lrn" and model.columns == 2 and model.dropout.p == paper.DROPOUT
+    assert (model.pool.kernel_size, model.pool.stride) == (3, 2)
+
+    assert shapes(AlexNet(devices=("cpu",), norm="none")) == default  # LRN has no parameters
+    nonoverlap = AlexNet(devices=("cpu",), pool="nonoverlap")
+    assert shapes(nonoverlap) == default  # fc6 keeps its 9216 inputs
+    assert (nonoverlap.pool.kernel_size, nonoverlap.pool.stride) == (2, 2)
+    dropout = AlexNet(devices=("cpu",), dropout=0.2)
+    assert shapes(dropout) == default and dropout.dropout.p == 0.2
+
+    batch = shapes(AlexNet(devices=("cpu",), norm="batch"))
+    added = {k: v for k, v in batch.items() if k not in default}
+    assert {k: v for k, v in batch.items() if k in default} == default
+    expected = {}
+    for layer, channels in (("bn1", 48), ("bn2", 128)):
+        for c in COLS:
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                expected[f"{layer}.{c}.{name}"] = (channels,)
+            expected[f"{layer}.{c}.num_batches_tracked"] = ()
+    assert added == expected
+
+    one = shapes(AlexNet(devices=("cpu",), columns=1))
+    assert {k.replace(".0.", ".") for k in one} == {k.replace(".0.", ".") for k in default if ".1." not in k}
+    assert one["conv1.0.weight"] == (48, 3, 11, 11)
+    assert one["conv3.0.weight"] == (192, 128, 3, 3)  # one column: conv3 sees its own 128 maps
+    assert one["conv5.0.weight"] == (256, 192, 3, 3)  # the footnote: conv5 keeps all 256 kernels
+    assert one["fc6.0.weight"] == (4096, 9216)
+    assert one["fc7.0.weight"] == (4096, 4096)
+    assert one["fc8.weight"] == (1000, 4096)
+
+
+def pool_sides(model: AlexNet, x: torch.Tensor) -> list[int]:
+    sides = []
+    handle = model.pool.register_forward_hook(lambda m, i, o: sides.append(o.shape[-1]))
+    try:
+        run(model, x)
+    finally:
+        handle.remove()
+    return sides
+
+
+@pytest.mark.parametrize("pool", ["overlap", "nonoverlap"])
+def test_both_poolings_give_figure_2s_map_sizes(pool: str, images: torch.Tensor) -> None:
+    """floor((55 - z) / 2) + 1 = 27 for z = 3 and z = 2, then 13, then 6: fc6's input follows."""
+    assert map_sizes(pool) == (27, 13, 6)
+    model = AlexNet(devices=("cpu",), pool=pool, init="kaiming").eval()
+    assert pool_sides(model, images[:1]) == [27, 13, 6]
+
+
+def test_norm_none_skips_lrn_and_batch_sits_after_relu(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    none = AlexNet(devices=("cpu", "cpu"), norm="none").eval()
+    calls = []
+    handle = none.lrn.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        run(none, images)
+    finally:
+        handle.remove()
+    assert calls == []
+    batch = AlexNet(devices=("cpu", "cpu"), norm="batch").eval()
+    seen = run(batch, 100 * images, capture=["bn1.0", "bn2.1"], inputs=["bn1.0", "bn2.1"])
+    assert seen["bn1.0:in"].min() == 0 and seen["bn2.1:in"].min() == 0  # ReLU outputs, as LRN's inputs
+    assert seen["bn1.0"].shape[-1] == 55 and seen["bn2.1"].shape[-1] == 27  # before the pooling
+
+
+def test_batch_norm_grouped_path_equals_the_two_columns(images: torch.Tensor) -> None:
+    """Per-column BatchNorm: the grouped path normalises each column's channels with that column's
+    module, in training (batch statistics, running averages updated) and in eval."""
+    torch.manual_seed(0)
+    grouped = AlexNet(devices=("cpu",), norm="batch", init="kaiming")
+    split = AlexNet(devices=("cpu", "cpu"), norm="batch")
+    split.load_state_dict(grouped.state_dict())
+    for m in (grouped, split):
+        m.train()
+        m.dropout.p = 0.0
+    grouped_logits, grouped_grads = forward_backward(grouped, images)
+    split_logits, split_grads = forward_backward(split, images)
+    close(grouped_logits, split_logits, "train logits")
+    for name, grad in split_grads.items():
+        close(grouped_grads[name], grad, name)
+    for name, value in split.state_dict().items():
+        if name.startswith("bn"):
+            close(grouped.state_dict()[name].float(), value.float(), name)
+    assert split.state_dict()["bn1.1.num_batches_tracked"] == 1
+    assert not torch.equal(split.bn1[0].running_mean, split.bn1[1].running_mean)  # each column its own
+    grouped.eval(), split.eval()
+    with torch.no_grad():
+        close(grouped(images), split(images), "eval logits")
+
+
+def test_one_column_net_runs_and_refuses_two_devices(images: torch.Tensor) -> None:
+    model = AlexNet(devices=("cpu",), columns=1, init="kaiming").eval()
+    assert run(model, images)["logits"].shape == (BATCH, paper.NUM_CLASSES)
+    with pytest.raises(ValueError, match="columns=1 runs on one device"):
+        AlexNet(devices=("cpu", "cpu"), columns=1)
+
+
+def test_bad_switches_fail_early() -> None:
+    for kwargs, match in (({"norm": "layer"}, "norm"), ({"pool": "avg"}, "pool"), ({"columns": 4}, "columns"),
+                          ({"dropout": 1.0}, "dropout"), ({"dropout": -0.1}, "dropout")):
+        with pytest.raises(ValueError, match=match):
+            AlexNet(devices=("cpu",), **kwargs)

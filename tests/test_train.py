@@ -16,9 +16,10 @@ import torch
 
 import paper
 from tests import fakes
-from trainer import checkpoint, metrics, train
-from trainer.config import TrainConfig
-from trainer.evaluate import evaluate
+from trainer import checkpoint, distributed, metrics, train
+from trainer.config import REASONS, ConfigError, TrainConfig, paper_differences
+from trainer.evaluate import evaluate, evaluate_ensemble
+from trainer.model import AlexNet
 
 
 def small(shards: Path, out: Path, **kw: object) -> TrainConfig:
@@ -120,3 +121,176 @@ def test_config_round_trip() -> None:
     cfg = TrainConfig(shards="s", out="o", devices=("cuda:0", "cuda:1"), lr_milestones=(3, 5))
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert dataclasses.replace(cfg, epochs=3).epochs == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's ablations: settings, their wiring into the model, the loader and the optimizer.
+
+SWITCHES = {"norm": "batch", "pool": "nonoverlap", "columns": 1, "dropout": 0.0, "lighting": "off",
+            "augment": "none"}
+
+
+def test_switch_defaults_are_the_papers_and_old_runs_read_as_such() -> None:
+    cfg = TrainConfig(shards="s", out="o")
+    assert (cfg.norm, cfg.pool, cfg.columns, cfg.dropout, cfg.lighting, cfg.augment) == (
+        "lrn", "overlap", 2, paper.DROPOUT, "paper01", "full")
+    old = {k: v for k, v in cfg.to_dict().items() if k not in SWITCHES}  # params.json before the switches
+    assert TrainConfig.from_dict(old) == cfg
+    changed = dataclasses.replace(cfg, **SWITCHES)
+    assert TrainConfig.from_dict(changed.to_dict()) == changed
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"norm": "layer"}, "--norm must be one of"), ({"pool": "avg"}, "--pool must be one of"),
+    ({"columns": 3}, "--columns must be one of"), ({"dropout": 1.0}, r"--dropout must be in \[0, 1\)"),
+    ({"lighting": "on"}, "--lighting must be one of"), ({"augment": "some"}, "--augment must be one of"),
+    ({"columns": 1, "devices": ("cuda:0", "cuda:1")}, "--columns 1 is a one-device network"),
+    ({"augment": "none", "lighting": "cuda-convnet"}, "--augment none already turns lighting off"),
+])
+def test_bad_switches_fail_at_start_up(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(shards="s", out="o", **kwargs).check()
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({}, {"crop": "random", "mirror": True, "lighting": "paper01"}),
+    ({"lighting": "cuda-convnet"}, {"crop": "random", "mirror": True, "lighting": "cuda-convnet"}),
+    ({"lighting": "off"}, {"crop": "random", "mirror": True, "lighting": False}),
+    ({"augment": "none"}, {"crop": "center", "mirror": False, "lighting": False}),
+    ({"augment": "none", "lighting": "off"}, {"crop": "center", "mirror": False, "lighting": False}),
+])
+def test_lighting_and_augment_reach_the_training_loader(monkeypatch, kwargs: dict, expected: dict) -> None:
+    import pipeline
+
+    seen: dict[str, dict] = {}
+    monkeypatch.setattr(pipeline, "train_loader", lambda shards, **kw: seen.setdefault("train", kw))
+    monkeypatch.setattr(pipeline, "eval_loader", lambda shards, **kw: seen.setdefault("val", kw))
+    cfg = TrainConfig(shards="s", out="o", **kwargs)
+    world = distributed.World(rank=0, size=1, local_rank=0, local_size=1)
+    _, val = train.load_data(cfg, world, ("cpu",))
+    val(False)
+    default = TrainConfig(shards="s", out="o")
+    base = {**train.loader_args(default, world, ("cpu",)), "seed": 0, "checkpoint": None}
+    assert seen["train"] == {**base, **expected}
+    assert seen["val"] == {**train.loader_args(default, world, ("cpu",)), "crop": "center"}  # untouched
+
+
+def test_architecture_switches_reach_the_model() -> None:
+    cfg = TrainConfig(shards="s", out="o", channels_last=False, **SWITCHES)
+    model = train.build_model(cfg, 6, ("cpu",))
+    assert (model.norm, model.columns, model.dropout.p) == ("batch", 1, 0.0)
+    assert model.pool.kernel_size == 2 and len(model.conv1) == 1
+
+
+def test_batch_norm_scale_and_shift_are_not_weight_decayed() -> None:
+    default = train.make_optimizer(TrainConfig(shards="s", out="o"), AlexNet(num_classes=6, devices=("cpu",)))
+    assert len(default.param_groups) == 1  # the paper's net: every parameter decayed, as before
+    model = AlexNet(num_classes=6, devices=("cpu",), norm="batch")
+    groups = train.make_optimizer(TrainConfig(shards="s", out="o", norm="batch"), model).param_groups
+    bn = {id(p) for name, p in model.named_parameters() if name.startswith("bn")}
+    assert len(bn) == 8 and [g["weight_decay"] for g in groups] == [paper.WEIGHT_DECAY, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == bn
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.parameters()} - bn
+
+
+@pytest.mark.parametrize("name", list(SWITCHES))
+def test_resume_refuses_a_changed_switch(name: str, tmp_path: Path) -> None:
+    saved = TrainConfig(shards="s", out=str(tmp_path))
+    train.check_same_run(saved, saved)  # unchanged: fine
+    with pytest.raises(ConfigError, match=f"--resume: --{name} is .* a resumed run must keep it"):
+        train.check_same_run(dataclasses.replace(saved, **{name: SWITCHES[name]}), saved)
+
+
+def test_report_lists_each_switch_with_its_reason() -> None:
+    cfg = TrainConfig(shards="s", out="o", **SWITCHES).to_dict()
+    diffs = {name: (value, default) for name, value, default in paper_differences(cfg)}
+    assert diffs == {name: (value, getattr(TrainConfig(shards="s", out="o"), name))
+                     for name, value in SWITCHES.items()}
+    assert paper_differences(TrainConfig(shards="s", out="o").to_dict()) == []
+    for name in SWITCHES:
+        assert REASONS[name].startswith("§")
+
+
+# ---------------------------------------------------------------------------------------------
+# §6 ensembles.
+
+
+class Patch(torch.nn.Module):
+    """A stand-in classifier: a random linear map of the image's top-left 4x4 patch to 7 classes."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(7, 3 * 4 * 4, generator=g) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :4, :4].flatten(1) @ self.weight.T
+
+
+def brute_force(models: list[torch.nn.Module], batches: list) -> dict[str, float]:
+    """The ensemble's numbers sample by sample in float64 numpy: mean over models (and crops) of
+    the softmax, then top-1, top-5 and the log loss of the mean."""
+    import numpy as np
+
+    losses, top1, top5 = [], [], []
+    for images, labels, valid in batches:
+        for x, label, real in zip(images, labels.tolist(), valid.tolist(), strict=True):
+            if not real:
+                continue
+            crops = x if x.dim() == 4 else x[None]
+            probs = []
+            for m in models:
+                with torch.no_grad():
+                    logits = np.asarray([[float(v) for v in m(c[None])[0]] for c in crops], dtype=np.float64)
+                e = np.exp(logits - logits.max(1, keepdims=True))
+                probs.append((e / e.sum(1, keepdims=True)).mean(0))
+            p = np.mean(probs, 0)
+            losses.append(-np.log(p[label]))
+            order = list(np.argsort(-p))
+            top1.append(order[0] != label)
+            top5.append(label not in order[:5])
+    return {"val_loss": float(np.mean(losses)), "val_top1_err": float(np.mean(top1)),
+            "val_top5_err": float(np.mean(top5)), "val_samples": len(losses)}
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_ensemble_is_the_mean_of_the_members_softmaxes(ten_crop: bool) -> None:
+    models = [Patch(seed) for seed in range(3)]
+    batches = list(fakes.fake_val(11, 4, 7, ten_crop=ten_crop))  # 3 batches, the last padded
+    expected = brute_force(models, batches)
+    got = evaluate_ensemble(models, batches, "cpu", expected=11)
+    assert got["ensemble"]["val_samples"] == 11
+    assert got["ensemble"] == pytest.approx(expected, rel=1e-5)
+    for model, member in zip(models, got["members"], strict=True):  # each member as evaluated alone
+        assert member == pytest.approx(evaluate(model, batches, "cpu"), rel=1e-6)
+        assert member == pytest.approx(brute_force([model], batches), rel=1e-5)
+    # Jensen: -log of the mean probability is at most the members' mean loss (strictly, as they differ).
+    assert got["ensemble"]["val_loss"] < sum(m["val_loss"] for m in got["members"]) / len(models)
+
+
+def test_ensemble_over_two_ranks_sees_each_image_once(monkeypatch) -> None:
+    """Each rank's [loss, hits, samples] rows (what the all_reduce adds up) sum to one process's."""
+    from trainer import evaluate as evaluate_module
+
+    rows: list[torch.Tensor] = []
+    monkeypatch.setattr(evaluate_module.distributed, "all_reduce_sum", lambda t: rows.append(t.clone()) or t)
+    models = [Patch(seed) for seed in range(2)]
+    evaluate_ensemble(models, fakes.fake_val(11, 2, 7), "cpu")
+    for rank in range(2):
+        evaluate_ensemble(models, fakes.fake_val(11, 2, 7, shard_id=rank, num_shards=2), "cpu")
+    one, *ranks = rows
+    assert ranks[0][:, 3].tolist() == [6, 6, 6] and ranks[1][:, 3].tolist() == [5, 5, 5]
+    assert torch.equal((ranks[0] + ranks[1])[:, 1:], one[:, 1:])  # hits and samples: counts, exact
+    torch.testing.assert_close(ranks[0][:, 0] + ranks[1][:, 0], one[:, 0], rtol=1e-6, atol=0)  # fp32 sums
+
+
+@pytest.mark.parametrize("visible, local_rank, local_size, expected", [
+    (2, 0, 1, ("cuda:0",)),  # two GPUs, one process: the one-column net takes the first
+    (8, 1, 4, ("cuda:1",)),  # 4 processes share 8 GPUs: one each, by local rank
+    (1, 3, 4, ("cuda:0",)),  # a launcher gave each its own
+])
+def test_one_column_net_takes_one_device_by_default(monkeypatch, visible: int, local_rank: int,
+                                                    local_size: int, expected: tuple[str, ...]) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    world = distributed.World(rank=local_rank, size=local_size, local_rank=local_rank, local_size=local_size)
+    assert train.replica((), world, columns=1) == expected

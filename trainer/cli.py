@@ -2,6 +2,7 @@
 
     alexnet-train --shards shards/ --out runs/paper
     alexnet-eval --checkpoint runs/paper --shards shards/ --ten-crop
+    alexnet-eval --checkpoint runs/a --checkpoint runs/b --shards shards/ --ten-crop   # §6 ensemble
     alexnet-report runs/paper
     alexnet-bench train --shards shards/ --precision bf16
 
@@ -17,12 +18,15 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from typing import Any
 
 import click
 
 import paper
 from trainer.config import (
+    AUGMENTS,
     INITS,
+    LIGHTINGS,
     LR_POLICIES,
     LRN_VARIANTS,
     MEAN_MODES,
@@ -31,6 +35,7 @@ from trainer.config import (
     ConfigError,
     TrainConfig,
 )
+from trainer.model import COLUMN_CHOICES, NORMS, POOLS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
@@ -91,6 +96,21 @@ def _warnings_to_stderr() -> None:
                    "(identical steps at constant lr, not right after an lr drop).")
 @click.option("--lrn", type=click.Choice(LRN_VARIANTS), default="paper",
               help="LRN as printed in §3.3, or cuda-convnet's alpha / n.")
+# The paper's ablations (README "The paper's experiments"); each default is the paper's network.
+@click.option("--norm", type=click.Choice(NORMS), default="lrn",
+              help="After conv1/conv2's ReLU: §3.3's LRN, nothing, or BatchNorm in LRN's place "
+                   "(its scale and shift are not weight-decayed).")
+@click.option("--pool", type=click.Choice(tuple(POOLS)), default="overlap",
+              help="§3.4: overlapping 3x3 stride-2 max-pooling, or nonoverlap 2x2 stride 2.")
+@click.option("--columns", type=click.Choice([str(c) for c in COLUMN_CHOICES]), default="2",
+              callback=lambda _ctx, _param, value: int(value),
+              help="§3.2: two columns, or 1: the footnote's one-column net (48-128-192-192-256 kernels, "
+                   "FC 4096-4096; one device).")
+@click.option("--dropout", type=float, default=paper.DROPOUT, help="§4.2: dropout p on fc6 and fc7 (0: off).")
+@click.option("--lighting", type=click.Choice(LIGHTINGS), default="paper01",
+              help="§4.1 PCA lighting: alpha ~ N(0, 0.1) (paper01), cuda-convnet's variant, or off.")
+@click.option("--augment", type=click.Choice(AUGMENTS), default="full",
+              help="§4.1: random crops, flips and lighting (full), or none: the centre crop only.")
 @click.option("--mean", type=click.Choice(MEAN_MODES), default=None,
               help="Input normalisation: image = §2's raw RGB minus the mean image (what paper init is sized "
                    "for); channel = (x - mean) / std per channel (what kaiming init assumes) "
@@ -117,7 +137,7 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
          lr_policy: str, lr_patience: int, lr_threshold: float, lr_drops: int, lr_milestones: str | None,
          init: str, sgd: str, lrn: str, mean: str | None, devices: str | None, precision: str,
          channels_last: bool, compile_: bool, seed: int, log_every: int, checkpoint_every: int,
-         max_steps: int, ten_crop: bool, resume: bool, note: str, progress: bool) -> None:
+         max_steps: int, ten_crop: bool, resume: bool, note: str, progress: bool, **switches: Any) -> None:
     """Train AlexNet as in Krizhevsky et al. (2012), §5: SGD, batch 128, momentum 0.9, weight decay
     5e-4, lr 0.01 divided by 10 when the validation error stops improving, 90 epochs.
 
@@ -133,7 +153,7 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
                       precision=precision,
                       channels_last=channels_last, compile=compile_, seed=seed, log_every=log_every,
                       checkpoint_every=checkpoint_every, max_steps=max_steps, ten_crop=ten_crop,
-                      resume=resume, note=note, progress=progress)
+                      resume=resume, note=note, progress=progress, **switches)
     from pipeline import PipelineError
     from trainer.checkpoint import CheckpointError
 
@@ -153,24 +173,26 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--checkpoint", "checkpoint_path", required=True,
-              help="A checkpoint file (step-*.pt) or a run folder (its latest good checkpoint).")
+@click.option("--checkpoint", "checkpoint_paths", required=True, multiple=True,
+              help="A checkpoint file (step-*.pt) or a run folder (its latest good checkpoint). Repeat it to "
+                   "evaluate an ensemble (§6): the mean of the models' softmax outputs.")
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the 10 patches of §6.")
 @click.option("--batch-size", type=int, default=paper.BATCH_SIZE, help="Evaluation batch (global).")
 @click.option("--devices", default=None, help="As for alexnet-train [default: as for alexnet-train].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="tf32", help="As for alexnet-train.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int, devices: str | None,
-              precision: str, as_json: bool) -> None:
-    """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once."""
+def eval_main(checkpoint_paths: tuple[str, ...], shards: str, ten_crop: bool, batch_size: int,
+              devices: str | None, precision: str, as_json: bool) -> None:
+    """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once.
+    With several --checkpoint, each model's numbers and those of their ensemble (§6)."""
     from trainer import distributed, evaluate
 
     _warnings_to_stderr()
     from pipeline import PipelineError
 
     try:
-        result = evaluate.main(checkpoint_path, shards, ten_crop=ten_crop, batch_size=batch_size,
+        result = evaluate.main(checkpoint_paths, shards, ten_crop=ten_crop, batch_size=batch_size,
                                devices=_devices(devices), precision=precision)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
@@ -180,11 +202,21 @@ def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int
         return  # under torchrun every rank holds the same reduced totals: rank 0 alone reports them
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
-    else:
-        mode = "10-crop" if ten_crop else "centre crop"
-        click.echo(f"{result['val_samples']} images ({mode}): "
-                   f"top-1 error {100 * result['val_top1_err']:.2f}%, "
-                   f"top-5 error {100 * result['val_top5_err']:.2f}%, loss {result['val_loss']:.4f}")
+        return
+    mode = "10-crop" if ten_crop else "centre crop"
+    if "ensemble" not in result:
+        click.echo(f"{result['val_samples']} images ({mode}): {_errors(result)}")
+        return
+    members = result["members"]
+    click.echo(f"{result['ensemble']['val_samples']} images ({mode}), {len(members)} models:")
+    for member in members:
+        click.echo(f"  {member['checkpoint']}: {_errors(member)}")
+    click.echo(f"  ensemble (mean of {len(members)} softmaxes): {_errors(result['ensemble'])}")
+
+
+def _errors(result: dict[str, Any]) -> str:
+    return (f"top-1 error {100 * result['val_top1_err']:.2f}%, "
+            f"top-5 error {100 * result['val_top5_err']:.2f}%, loss {result['val_loss']:.4f}")
 
 
 @click.command(context_settings=CONTEXT)

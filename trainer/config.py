@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import paper
-from trainer.model import INITS, LRN_VARIANTS
+from trainer.model import COLUMN_CHOICES, INITS, LRN_VARIANTS, NORMS, POOLS
 from trainer.optim import SGD_VARIANTS  # noqa: F401  (re-exported for the CLI)
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 MEAN_MODES = ("image", "channel")  # pipeline.stats.MEAN_MODES (not imported: keeps DALI out of the CLI)
 LR_POLICIES = ("plateau", "step")
+# §4.1 ablations of the input. pipeline.stats.LIGHTING_MODES plus "off" (not imported: keeps DALI out
+# of the CLI); "none" augmentation = the centre crop, no flip, no lighting.
+LIGHTINGS = ("paper01", "cuda-convnet", "off")
+AUGMENTS = ("full", "none")
 
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64 bits; numpy's SeedSequence refuses negative seeds
@@ -85,6 +89,13 @@ class TrainConfig:
     resume: bool = False
     note: str = ""  # free text kept in params.json: why this run differs from the paper
     progress: bool = True  # tqdm bars (rank 0)
+    # The paper's controlled experiments (README "The paper's experiments"); defaults = the paper's net.
+    norm: str = "lrn"  # §3.3: "lrn", "none", or "batch" (BatchNorm in LRN's place)
+    pool: str = "overlap"  # §3.4: 3x3 stride-2 windows, or "nonoverlap" 2x2 stride 2
+    columns: int = paper.COLUMNS  # §3.2: 2, or 1 (the footnote's one-column net)
+    dropout: float = paper.DROPOUT  # §4.2: p on fc6 and fc7 outputs
+    lighting: str = "paper01"  # §4.1 PCA lighting: "paper01", "cuda-convnet" or "off"
+    augment: str = "full"  # §4.1: random crops + flips + lighting, or "none" (centre crop only)
 
     def __post_init__(self) -> None:
         if not self.mean:
@@ -112,10 +123,17 @@ class TrainConfig:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         for name, allowed in (("precision", PRECISIONS), ("lr_policy", LR_POLICIES),
                               ("init", INITS), ("lrn", LRN_VARIANTS), ("mean", MEAN_MODES),
-                              ("sgd", SGD_VARIANTS)):
+                              ("sgd", SGD_VARIANTS), ("norm", NORMS), ("pool", tuple(POOLS)),
+                              ("columns", COLUMN_CHOICES), ("lighting", LIGHTINGS), ("augment", AUGMENTS)):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{flag(name)} must be one of {', '.join(allowed)}, "
+                raise ConfigError(f"--{flag(name)} must be one of {', '.join(map(str, allowed))}, "
                                   f"got {getattr(self, name)!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.columns == 1 and len(self.devices) > 1:
+            raise ConfigError(f"--columns 1 is a one-device network; --devices names {len(self.devices)}")
+        if self.augment == "none" and self.lighting not in ("paper01", "off"):
+            raise ConfigError(f"--augment none already turns lighting off; drop --lighting {self.lighting}")
         ms = list(self.lr_milestones)
         if ms != sorted(set(ms)) or any(m < 1 for m in ms):
             raise ConfigError(f"--lr-milestones must be increasing positive epochs, "
@@ -149,7 +167,8 @@ class TrainConfig:
 # A resumed run must agree with the interrupted one on these, or it would not be the same run.
 # epochs, max_steps, log/checkpoint intervals, devices, precision and compile may change.
 RESUME_MUST_MATCH = ("batch_size", "lr", "momentum", "weight_decay", "lr_policy", "lr_patience",
-                     "lr_threshold", "lr_drops", "lr_milestones", "init", "lrn", "mean", "seed", "sgd")
+                     "lr_threshold", "lr_drops", "lr_milestones", "init", "lrn", "mean", "seed", "sgd",
+                     "norm", "pool", "columns", "dropout", "lighting", "augment")
 
 # Why an option can differ from the paper's default; alexnet-report prints these next to the value.
 REASONS = {
@@ -166,6 +185,12 @@ REASONS = {
     "mean": "per-channel standardised input, the unit variance He (kaiming) init assumes",
     "precision": "bf16 autocast or strict fp32 instead of the default TF32 arithmetic (storage is fp32)",
     "ten_crop": "final 10-crop evaluation (§6) skipped",
+    "norm": "§3.3 ablation: no response normalisation, or BatchNorm in its place (after ReLU)",
+    "pool": "§3.4 ablation: non-overlapping 2x2 stride-2 pooling instead of 3x3 stride 2",
+    "columns": "§3.2 ablation: the one-column net of the footnote (48-128-192-192-256 kernels, FC 4096)",
+    "dropout": "§4.2 ablation: dropout probability on fc6/fc7 differs from 0.5",
+    "lighting": "§4.1 ablation: PCA lighting off, or cuda-convnet's variant",
+    "augment": "§4.1 ablation: no augmentation (centre crop, no flip, no lighting)",
 }
 
 

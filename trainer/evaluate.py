@@ -4,12 +4,16 @@ Errors are exact over all processes: every rank sums its loss, hit counts and sa
 device, one all_reduce adds them up, and the error is computed once from the totals. Padding the
 loader adds to fill the last batch is masked out, and `evaluate` warns when the number of samples
 seen is not the split's size (torchvision's references do the same).
+
+§6's ensembles (`evaluate_ensemble`, `alexnet-eval --checkpoint A --checkpoint B ...`) average the
+members' softmax outputs over one pass of the loader, so each image is still seen once over all ranks.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -87,23 +91,108 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
             "val_samples": int(totals[3].item())}
 
 
-def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: int = 128,
-         devices: tuple[str, ...] = (), precision: str = "tf32") -> dict[str, float]:
-    """`alexnet-eval`: load a checkpoint (file, or a run folder's latest good one) onto `devices`,
-    whatever placement it was trained on, and evaluate it on the val shards. Raises ConfigError."""
+def _log_probs(model: nn.Module, images: Tensor, crops: int, autocast: AbstractContextManager | None,
+               device: torch.device) -> Tensor:
+    """log softmax of `model` on `images`, averaged in probability over `crops` patches (§6) when > 0."""
+    with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
+        logits = model(images)
+    logits = logits.float().to(device)
+    if crops:
+        return F.softmax(logits, 1).view(-1, crops, logits.shape[1]).mean(1).log()
+    return F.log_softmax(logits, 1)
+
+
+@torch.no_grad()
+def evaluate_ensemble(models: Sequence[nn.Module], loader: Iterable[Any], device: torch.device | str,
+                      autocast: AbstractContextManager | None = None, expected: int | None = None,
+                      channels_last: bool = False) -> dict[str, Any]:
+    """§6: "averaging the predictions of five similar CNNs". One pass over `loader`; each batch goes
+    through every model, and the ensemble's prediction is the mean of their softmax outputs (each
+    already averaged over the ten patches when the batches are ten-crop ones).
+
+    Returns {"members": [one dict per model, as `evaluate` returns], "ensemble": the same for the mean}.
+    """
+    device = torch.device(device)
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    # One row of [loss sum, top-1 hits, top-5 hits, samples] per model, the last row the ensemble's.
+    totals = torch.zeros(len(models) + 1, 4, dtype=torch.float64, device=device)
+    for batch in loader:
+        images, labels, valid = unpack(batch)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True).long()
+        crops = images.shape[1] if images.dim() == 5 else 0
+        if crops:
+            images = images.flatten(0, 1)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        members = torch.stack([_log_probs(m, images, crops, autocast, device) for m in models])
+        # log of the mean probability, without leaving log space: logsumexp - log(number of models)
+        mean = torch.logsumexp(members, 0) - math.log(len(models))
+        w = valid.to(device).to(torch.float32)
+        labels = labels.masked_fill(w == 0, 0)  # padding: any class, weighted 0
+        for row, log_probs in enumerate([*members, mean]):
+            loss = F.nll_loss(log_probs, labels, reduction="none")
+            hits = correct_topk(log_probs, labels, TOPK)
+            totals[row] += torch.stack([(loss * w).sum(), (hits[0] * w).sum(), (hits[1] * w).sum(),
+                                        w.sum()]).double()
+    distributed.all_reduce_sum(totals)
+    for m, training in zip(models, was_training, strict=True):
+        m.train(training)
+    rows = []
+    for loss_sum, top1, top5, n in totals.tolist():
+        seen = int(n)
+        n = max(n, 1.0)
+        rows.append({"val_loss": loss_sum / n, "val_top1_err": 1 - top1 / n, "val_top5_err": 1 - top5 / n,
+                     "val_samples": seen})
+    if expected is not None and rows[-1]["val_samples"] != expected:
+        warnings.warn(f"evaluated {rows[-1]['val_samples']} samples, but the split has {expected}: "
+                      "some were skipped or seen twice", stacklevel=2)
+    return {"members": rows[:-1], "ensemble": rows[-1]}
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint file (step-*.pt), or a run folder's latest good checkpoint. Raises ConfigError."""
     from pathlib import Path
 
+    from trainer import checkpoint
+    from trainer.config import ConfigError
+
+    try:
+        if Path(path).is_dir():
+            found = checkpoint.load_latest(Path(path))
+            if found is None:
+                raise ConfigError(f"--checkpoint: {path} holds no checkpoint")
+            return found[0]
+        return checkpoint.load(Path(path))
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"--checkpoint: {e}") from e
+
+
+def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = False, batch_size: int = 128,
+         devices: tuple[str, ...] = (), precision: str = "tf32") -> dict[str, Any]:
+    """`alexnet-eval`: load a checkpoint (file, or a run folder's latest good one) onto `devices`,
+    whatever placement it was trained on, and evaluate it on the val shards. Raises ConfigError.
+
+    Several checkpoints: evaluate them as §6's ensemble, returning `evaluate_ensemble`'s dict with
+    each member's "checkpoint" path; one checkpoint (a str, or a sequence of one): `evaluate`'s dict.
+    """
     import pipeline
-    from trainer import checkpoint, train
+    from trainer import train
     from trainer.config import ConfigError, TrainConfig, check_local, local_path
     from trainer.model import AlexNet
 
+    paths = [checkpoint_path] if isinstance(checkpoint_path, str) else list(checkpoint_path)
+    if not paths:
+        raise ConfigError("--checkpoint: give at least one")
     world = distributed.from_env()
     if batch_size < 1 or batch_size % world.size:
         raise ConfigError(f"--batch-size {batch_size} does not divide across {world.size} processes")
-    shards, checkpoint_path = local_path(shards), local_path(checkpoint_path)
+    shards, paths = local_path(shards), [local_path(p) for p in paths]
     check_local(shards, "--shards")
-    check_local(checkpoint_path, "--checkpoint")
+    for p in paths:
+        check_local(p, "--checkpoint")
     devices = train.replica(devices, world)
     manifest = train.check_shards(shards)
     # The eval loader pads every rank's last batch up to the full batch size, so a batch beyond the
@@ -111,21 +200,16 @@ def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: 
     # rounded up to a multiple of the processes.
     val_samples = manifest["splits"]["val"]["samples"]
     batch_size = min(batch_size, -(-val_samples // world.size) * world.size)
-    path = Path(checkpoint_path)
-    try:
-        if path.is_dir():
-            found = checkpoint.load_latest(path)
-            if found is None:
-                raise ConfigError(f"--checkpoint: {path} holds no checkpoint")
-            state = found[0]
-        else:
-            state = checkpoint.load(path)
-    except checkpoint.CheckpointError as e:
-        raise ConfigError(f"--checkpoint: {e}") from e
-    saved = TrainConfig.from_dict(state["config"])
-    if state["num_classes"] != len(manifest["classes"]):
-        raise ConfigError(f"--shards: the checkpoint has {state['num_classes']} classes, "
-                          f"{shards} has {len(manifest['classes'])}")
+    states = [load_checkpoint(p) for p in paths]
+    saves = [TrainConfig.from_dict(state["config"]) for state in states]
+    for path, state, saved in zip(paths, states, saves, strict=True):
+        if state["num_classes"] != len(manifest["classes"]):
+            raise ConfigError(f"--shards: the checkpoint {path} has {state['num_classes']} classes, "
+                              f"{shards} has {len(manifest['classes'])}")
+        if saved.mean != saves[0].mean:
+            raise ConfigError(f"--checkpoint: {path} was trained with --mean {saved.mean}, {paths[0]} with "
+                              f"--mean {saves[0].mean}; an ensemble's members must share the input")
+    saved = saves[0]  # the input normalisation, shared by every member
 
     # The input normalisation the model was trained with.
     cfg = TrainConfig(shards=shards, out="", batch_size=batch_size, devices=devices, mean=saved.mean,
@@ -142,9 +226,19 @@ def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: 
     distributed.init(world, "nccl" if device.type == "cuda" else "gloo")
     try:
         autocast = train.set_precision(precision)
-        model = AlexNet(num_classes=state["num_classes"], devices=devices, lrn_variant=saved.lrn)
-        model.load_state_dict(state["model"])
-        return evaluate(model, loader, device, autocast(device),
-                        expected=manifest["splits"]["val"]["samples"])
+        models = []
+        for st, sv in zip(states, saves, strict=True):
+            # The run's own architecture switches; the one-column net takes the replica's first device.
+            model = AlexNet(num_classes=st["num_classes"], devices=devices if sv.columns > 1 else devices[:1],
+                            lrn_variant=sv.lrn, **train.model_args(sv))
+            model.load_state_dict(st["model"])
+            models.append(model)
+        expected = manifest["splits"]["val"]["samples"]
+        if len(models) == 1:
+            return evaluate(models[0], loader, device, autocast(device), expected=expected)
+        result = evaluate_ensemble(models, loader, device, autocast(device), expected=expected)
+        for path, member in zip(paths, result["members"], strict=True):
+            member["checkpoint"] = path
+        return result
     finally:
         distributed.shutdown()

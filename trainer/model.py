@@ -7,6 +7,11 @@
 The parameter names and shapes do not depend on `devices`, so a checkpoint moves freely between
 two GPUs, one GPU and the CPU. Two devices run Figure 2 as drawn (`forward_columns`); one device
 runs the same function with one kernel per layer for both columns (`forward_grouped`).
+
+The paper's ablations are keyword arguments whose defaults are the paper's network (`norm`, `pool`,
+`columns`, `dropout`; see AlexNet), so each changes exactly the one thing it names:
+
+    AlexNet(devices=("cuda:0",), norm="none", pool="nonoverlap", columns=1, dropout=0.0)
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -23,10 +28,39 @@ COLS = range(paper.COLUMNS)
 # stride-4 kernel only gives with 2 pixels of padding: (224 + 2*2 - 11) // 4 + 1 = 55. conv2 (5x5)
 # pads 2 and conv3-5 (3x3) pad 1 to keep Figure 2's 27x27 and 13x13 maps.
 CONV_PADDING = (2, 2, 1, 1, 1)
-FC6_MAP = 6  # 13x13 conv5 maps after 3x3 stride-2 pooling; 2 * 128 * 6 * 6 = 9216 fc6 inputs
 
 LRN_VARIANTS = ("paper", "cuda-convnet")
 INITS = ("paper", "kaiming")
+NORMS = ("lrn", "none", "batch")  # §3.3 ablation: LRN, nothing, or BatchNorm in LRN's place
+POOLS = {"overlap": (paper.POOL_KERNEL, paper.POOL_STRIDE), "nonoverlap": (2, 2)}  # §3.4: z=3 vs z=s=2
+COLUMN_CHOICES = (2, 1)  # §3.2: two columns, or the one-column net of the footnote
+
+
+def map_sizes(pool: str = "overlap") -> tuple[int, int, int]:
+    """The side of the maps after pool1, pool2 and pool5 (Figure 2: 27, 13, 6). Both poolings of
+    §3.4 give the same sides from conv1's 55: floor((55 - 3) / 2) + 1 = floor((55 - 2) / 2) + 1 = 27,
+    then 13, then 6, so fc6 keeps its 9216 inputs; computed, not assumed."""
+    kernel, stride = POOLS[pool]
+    side = (paper.CROP_SIZE + 2 * CONV_PADDING[0] - paper.CONV_KERNELS[0]) // paper.CONV1_STRIDE + 1  # 55
+    sides = []
+    for _ in range(3):  # conv2-5 keep the side (their padding), only the pools shrink it
+        side = (side - kernel) // stride + 1
+        sides.append(side)
+    return sides[0], sides[1], sides[2]
+
+
+def column_widths(columns: int = paper.COLUMNS) -> tuple[tuple[int, int, int, int, int], int]:
+    """One column's conv kernels (conv1-5) and hidden FC units.
+
+    Two columns: half of Figure 2's each. One column: §3.2's footnote, "a net with half as many
+    kernels in each convolutional layer", except that "the last convolutional layer [...] has the
+    same number of kernels" and the fully-connected layers are the full 4096; 59,798,312 parameters
+    with 1000 classes.
+    """
+    half = tuple(c // paper.COLUMNS for c in paper.CONV_CHANNELS)  # 48, 128, 192, 192, 128
+    if columns == paper.COLUMNS:
+        return half, paper.FC_WIDTH // paper.COLUMNS
+    return (*half[:4], paper.CONV_CHANNELS[4]), paper.FC_WIDTH
 
 
 class LocalResponseNorm(nn.Module):
@@ -70,8 +104,8 @@ class LocalResponseNorm(nn.Module):
         return f"variant={self.variant}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
-def _columns(make: Callable[[], nn.Module]) -> nn.ModuleList:
-    return nn.ModuleList(make() for _ in COLS)
+def _columns(make: Callable[[], nn.Module], columns: int = paper.COLUMNS) -> nn.ModuleList:
+    return nn.ModuleList(make() for _ in range(columns))
 
 
 # The grouped path concatenates the two columns' weights at every forward: a copy of ~57M weights
@@ -110,6 +144,20 @@ class AlexNet(nn.Module):
         reproduction; "kaiming" (He-normal convs, N(0, 0.01) FCs, zero biases) for short CPU demos,
         where the paper's init barely moves in a few epochs.
     lrn_variant: "paper" (the §3.3 formula) or "cuda-convnet" (alpha divided by n); see LocalResponseNorm.
+    norm: the normalisation after conv1's and conv2's ReLU (§3.3): "lrn" (the paper's), "none", or
+        "batch": BatchNorm2d (learned scale and shift, running statistics for eval) exactly where LRN
+        was, after the ReLU and before the pooling, so that the ablation changes one layer and
+        nothing else around it (Ioffe & Szegedy put BN before the nonlinearity; that would also move
+        the ReLU's input, a second change). Per column, as LRN: each column's BN sees only its own
+        channels (`bn1.0`/`bn1.1`, `bn2.0`/`bn2.1`); per-channel statistics make that the same as one
+        BN over the concatenated channels. Its scale and shift are not weight-decayed
+        (trainer/train.py `make_optimizer` says why). Under torchrun each replica's BN normalises over
+        its own share of the global batch (plain BatchNorm2d, not SyncBatchNorm; DDP broadcasts rank
+        0's running statistics), so N processes change the statistics, unlike the rest of the recipe.
+    pool: "overlap" (§3.4: 3x3 windows, stride 2) or "nonoverlap" (2x2, stride 2); both give 27, 13
+        and 6 pixel maps (`map_sizes`).
+    columns: 2 (Figure 2) or 1: §3.2's one-column net (`column_widths`), one device only.
+    dropout: p on the outputs of fc6 and fc7 (§4.2: 0.5); 0 turns dropout off.
 
     Dropout (§4.2, p=0.5 on the outputs of fc6 and fc7) is PyTorch's inverted dropout: kept units are
     scaled by 1/(1-p) = 2 at train time and nothing at test time, which gives the same expected
@@ -122,35 +170,53 @@ class AlexNet(nn.Module):
         devices: Sequence[str | torch.device] = ("cuda:0", "cuda:1"),
         init: str = "paper",
         lrn_variant: str = "paper",
+        norm: str = "lrn",
+        pool: str = "overlap",
+        columns: int = paper.COLUMNS,
+        dropout: float = paper.DROPOUT,
     ) -> None:
         super().__init__()
         if len(devices) not in (1, paper.COLUMNS):
             raise ValueError(f"devices must have 1 or {paper.COLUMNS} entries, got {devices!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {tuple(POOLS)}, got {pool!r}")
+        if columns not in COLUMN_CHOICES:
+            raise ValueError(f"columns must be one of {COLUMN_CHOICES}, got {columns!r}")
+        if columns == 1 and len(devices) != 1:
+            raise ValueError(f"columns=1 runs on one device, got {devices!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.norm, self.columns = norm, columns
         # No parameters, so one instance serves both columns on any device. Built first so a bad
         # lrn_variant fails before 61M weights are allocated.
         self.lrn = LocalResponseNorm(lrn_variant)
-        self.pool = nn.MaxPool2d(paper.POOL_KERNEL, paper.POOL_STRIDE)
-        self.dropout = nn.Dropout(paper.DROPOUT)
+        self.pool = nn.MaxPool2d(*POOLS[pool])
+        self.dropout = nn.Dropout(dropout)
 
-        c1, c2, c3, c4, c5 = (c // paper.COLUMNS for c in paper.CONV_CHANNELS)  # 48, 128, 192, 192, 128
+        (c1, c2, c3, c4, c5), fc = column_widths(columns)  # 48, 128, 192, 192, 128; 2048 with 2 columns
         k1, k2, k3, k4, k5 = paper.CONV_KERNELS
         p1, p2, p3, p4, p5 = CONV_PADDING
-        fc = paper.FC_WIDTH // paper.COLUMNS  # 2048
-        both = paper.COLUMNS  # input width factor of the layers that see both columns
+        both = columns  # input width factor of the layers that see both columns
+        side = map_sizes(pool)[2]  # 6 with either pooling: 2 * 128 * 6 * 6 = 9216 fc6 inputs
 
         # _init_weights sets every weight, so the layers are built on "meta" to skip torch's default
         # init, which is half the construction time on a CPU.
         with torch.device("meta"):
-            self.conv1 = _columns(lambda: nn.Conv2d(3, c1, k1, stride=paper.CONV1_STRIDE, padding=p1))
-            self.conv2 = _columns(lambda: nn.Conv2d(c1, c2, k2, padding=p2))
-            self.conv3 = _columns(lambda: nn.Conv2d(both * c2, c3, k3, padding=p3))
-            self.conv4 = _columns(lambda: nn.Conv2d(c3, c4, k4, padding=p4))
-            self.conv5 = _columns(lambda: nn.Conv2d(c4, c5, k5, padding=p5))
-            self.fc6 = _columns(lambda: nn.Linear(both * c5 * FC6_MAP * FC6_MAP, fc))
-            self.fc7 = _columns(lambda: nn.Linear(both * fc, fc))
+            self.conv1 = _columns(lambda: nn.Conv2d(3, c1, k1, paper.CONV1_STRIDE, padding=p1), columns)
+            self.conv2 = _columns(lambda: nn.Conv2d(c1, c2, k2, padding=p2), columns)
+            self.conv3 = _columns(lambda: nn.Conv2d(both * c2, c3, k3, padding=p3), columns)
+            self.conv4 = _columns(lambda: nn.Conv2d(c3, c4, k4, padding=p4), columns)
+            self.conv5 = _columns(lambda: nn.Conv2d(c4, c5, k5, padding=p5), columns)
+            self.fc6 = _columns(lambda: nn.Linear(both * c5 * side * side, fc), columns)
+            self.fc7 = _columns(lambda: nn.Linear(both * fc, fc), columns)
             self.fc8 = nn.Linear(both * fc, num_classes)
+            if norm == "batch":
+                self.bn1 = _columns(lambda: nn.BatchNorm2d(c1), columns)
+                self.bn2 = _columns(lambda: nn.BatchNorm2d(c2), columns)
 
         # Initialised on the CPU before placement, so a seed gives the same weights on any devices.
         self.to_empty(device="cpu")
@@ -158,11 +224,15 @@ class AlexNet(nn.Module):
         # Fixed here, not by where the parameters are later: a model built for two devices keeps
         # Figure 2's column-by-column forward after model.to(one device), and the reverse.
         self.grouped = len(devices) == 1
-        column_devices = [torch.device(d) for d in devices] * (paper.COLUMNS // len(devices))
+        column_devices = [torch.device(d) for d in devices] * (columns // len(devices))
         for c, device in enumerate(column_devices):
-            for layers in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc6, self.fc7):
+            for layers in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc6, self.fc7,
+                           *self._bns()):
                 layers[c].to(device)
         self.fc8.to(column_devices[0])
+
+    def _bns(self) -> tuple[nn.ModuleList, ...]:
+        return (self.bn1, self.bn2) if self.norm == "batch" else ()
 
     def _named_layers(self) -> Iterator[tuple[str, nn.Module]]:
         for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
@@ -171,6 +241,9 @@ class AlexNet(nn.Module):
         yield "fc8", self.fc8
 
     def _init_weights(self, init: str) -> None:
+        for layers in self._bns():
+            for bn in layers:
+                bn.reset_parameters()  # scale 1, shift 0, running mean 0 and variance 1 (torch's)
         for name, layer in self._named_layers():
             if init == "paper":
                 nn.init.normal_(layer.weight, 0.0, paper.INIT_WEIGHT_STD)
@@ -201,6 +274,21 @@ class AlexNet(nn.Module):
         moved = [[x if c == dst else self._move(x, layer, c, dst) for c, x in enumerate(xs)] for dst in dsts]
         return [torch.cat(parts, dim=1) for parts in moved]
 
+    def _normalise(self, x: Tensor, layer: int, column: int | None = None) -> Tensor:
+        """`norm` after conv`layer`'s ReLU (1 or 2): on one column's maps, or (column None, the
+        grouped path) on all columns' maps side by side, each column normalised alone."""
+        if self.norm == "none":
+            return x
+        if self.norm == "lrn":
+            return self.lrn(x) if column is not None else self.lrn(x, groups=self.columns)
+        bns = self.bn1 if layer == 1 else self.bn2
+        if column is not None:
+            return bns[column](x)
+        if len(bns) == 1:
+            return bns[0](x)
+        # Each column's own module on its channel slice, so its running statistics are updated in place.
+        return torch.cat([bn(part) for bn, part in zip(bns, x.chunk(len(bns), dim=1), strict=True)], dim=1)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_grouped(x) if self.grouped else self.forward_columns(x)
 
@@ -210,8 +298,8 @@ class AlexNet(nn.Module):
         here waits on a GPU (no .item(), no sync)."""
         x = [self._move(x, "input", None, c) for c in COLS]
         # §3.3-3.4: ReLU, then response normalisation, then overlapping max-pooling.
-        x = [self.pool(self.lrn(F.relu(self.conv1[c](x[c])))) for c in COLS]
-        x = [self.pool(self.lrn(F.relu(self.conv2[c](x[c])))) for c in COLS]
+        x = [self.pool(self._normalise(F.relu(self.conv1[c](x[c])), 1, c)) for c in COLS]
+        x = [self.pool(self._normalise(F.relu(self.conv2[c](x[c])), 2, c)) for c in COLS]
         x = self._gather(x, "conv3")
         x = [F.relu(self.conv3[c](x[c])) for c in COLS]
         x = [F.relu(self.conv4[c](x[c])) for c in COLS]
@@ -231,12 +319,13 @@ class AlexNet(nn.Module):
         column: the same distribution (independent Bernoulli(0.5) per unit), another RNG sequence.
         """
         x = self._move(x, "input", None, 0)
-        x = self.pool(self.lrn(F.relu(_conv(self.conv1, x, groups=1)), groups=paper.COLUMNS))
-        x = self.pool(self.lrn(F.relu(_conv(self.conv2, x, groups=paper.COLUMNS)), groups=paper.COLUMNS))
+        g = self.columns  # 1 for the one-column net: every layer is then a plain one
+        x = self.pool(self._normalise(F.relu(_conv(self.conv1, x, groups=1)), 1))
+        x = self.pool(self._normalise(F.relu(_conv(self.conv2, x, groups=g)), 2))
         x = F.relu(_conv(self.conv3, x, groups=1))
-        x = F.relu(_conv(self.conv4, x, groups=paper.COLUMNS))
+        x = F.relu(_conv(self.conv4, x, groups=g))
         # Flattening channel by channel keeps column 0's 128 x 6 x 6 values first, as the columns' cat.
-        x = torch.flatten(self.pool(F.relu(_conv(self.conv5, x, groups=paper.COLUMNS))), 1)
+        x = torch.flatten(self.pool(F.relu(_conv(self.conv5, x, groups=g))), 1)
         x = self.dropout(F.relu(_linear(self.fc6, x)))
         x = self.dropout(F.relu(_linear(self.fc7, x)))
         return self.fc8(x)

@@ -66,7 +66,7 @@ class PaperSGD(Optimizer):
         torch._foreach_add_(params, velocity)
 
 
-def make(variant: str, params: Iterable[Tensor], lr: float, momentum: float,
+def make(variant: str, params: Iterable[Tensor] | Iterable[dict], lr: float, momentum: float,
          weight_decay: float) -> Optimizer:
     if variant == "paper":
         return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)

@@ -126,14 +126,16 @@ def check_devices(devices: tuple[str, ...], name: str = "--devices") -> None:
         raise ConfigError(f"{name}: cannot mix the CPU and GPUs in one replica ({','.join(devices)})")
 
 
-def replica(devices: tuple[str, ...], world: distributed.World) -> tuple[str, ...]:
+def replica(devices: tuple[str, ...], world: distributed.World,
+            columns: int = paper.COLUMNS) -> tuple[str, ...]:
     """This process's checked devices: `devices` (or the default) shifted to its local rank, unless a
-    launcher gave the process its own GPUs (`own_gpus`)."""
+    launcher gave the process its own GPUs (`own_gpus`). `columns`=1 (the one-column net) takes one
+    device by default."""
     name = "--devices" if devices else "default devices"
     if not devices and torch.cuda.device_count() == 0:
         warnings.warn(f"no GPU visible (torch {torch.__version__}, CUDA build {torch.version.cuda}): "
                       "running on the CPU", stacklevel=2)
-    devices = devices or default_devices(world)
+    devices = devices or default_devices(world)[:columns]
     check_devices(devices, name)  # the names first, so a typo is reported as such
     if not own_gpus(world):
         devices = distributed.replica_devices(devices, world)
@@ -162,7 +164,7 @@ def prepare(cfg: TrainConfig, world: distributed.World | None = None) -> Plan:
     """Every start-up check that needs no lock; raises ConfigError (one line), writes nothing."""
     world = world or distributed.from_env()
     cfg.check(world.size)
-    devices = replica(cfg.devices, world)
+    devices = replica(cfg.devices, world, cfg.columns)
     m = check_shards(cfg.shards)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -273,6 +275,14 @@ def loader_args(cfg: TrainConfig, world: distributed.World, devices: tuple[str, 
             "dtype": "bfloat16" if cfg.precision == "bf16" else "float32"}
 
 
+def augment_args(cfg: TrainConfig) -> dict[str, Any]:
+    """The training loader's §4.1 augmentation under --augment and --lighting: random crops, flips
+    and PCA lighting (the paper's), or the centre crop alone."""
+    if cfg.augment == "none":
+        return {"crop": "center", "mirror": False, "lighting": False}
+    return {"crop": "random", "mirror": True, "lighting": False if cfg.lighting == "off" else cfg.lighting}
+
+
 def load_data(cfg: TrainConfig, world: distributed.World, devices: tuple[str, ...],
               loader_state: str | None = None) -> tuple[Any, Callable[[bool], Iterable[Any]]]:
     """This rank's training loader (continued from `loader_state`, a `Loader.state()` string) and a
@@ -280,7 +290,8 @@ def load_data(cfg: TrainConfig, world: distributed.World, devices: tuple[str, ..
     import pipeline
 
     common = loader_args(cfg, world, devices)
-    train = pipeline.train_loader(cfg.shards, seed=cfg.seed, checkpoint=loader_state, **common)
+    train = pipeline.train_loader(cfg.shards, seed=cfg.seed, checkpoint=loader_state, **common,
+                                  **augment_args(cfg))
 
     def val(ten_crop: bool) -> Iterable[Any]:
         return pipeline.eval_loader(cfg.shards, crop="ten" if ten_crop else "center", **common)
@@ -294,18 +305,35 @@ def loader_state(loader: Any) -> str | None:
     return state() if callable(state) else None
 
 
+def model_args(cfg: TrainConfig) -> dict[str, Any]:
+    """The architecture switches of a run, as AlexNet's keyword arguments (also for alexnet-eval)."""
+    return {"norm": cfg.norm, "pool": cfg.pool, "columns": cfg.columns, "dropout": cfg.dropout}
+
+
 def build_model(cfg: TrainConfig, num_classes: int, devices: tuple[str, ...]) -> nn.Module:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every placement
-    model = AlexNet(num_classes=num_classes, devices=devices, init=cfg.init, lrn_variant=cfg.lrn)
+    model = AlexNet(num_classes=num_classes, devices=devices, init=cfg.init, lrn_variant=cfg.lrn,
+                    **model_args(cfg))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # Weight decay covers every parameter, biases included: §5's rule names no exception.
-    return optim.make(cfg.sgd, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                      weight_decay=cfg.weight_decay)
+    """Weight decay covers every parameter of the paper's net, biases included: §5's rule names no
+    exception. BatchNorm's scale and shift (--norm batch) are not decayed: LRN, which they replace,
+    has no learned parameters, so decaying them would add a regulariser the paper's net does not
+    have, and the ablation would change two things (torchvision's classification references expose
+    the same choice as --norm-weight-decay). One param group otherwise, so the optimizer state of
+    existing checkpoints is unchanged."""
+    bn = [p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
+    if not bn:
+        return optim.make(cfg.sgd, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    bn_ids = {id(p) for p in bn}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in bn_ids]},
+              {"params": bn, "weight_decay": 0.0}]
+    return optim.make(cfg.sgd, groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
