@@ -1,4 +1,5 @@
-"""Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report` and `alexnet-bench`.
+"""Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report`, `alexnet-bench`, `alexnet-ablations`
+and `alexnet-figures`.
 
     alexnet-train --shards shards/ --out runs/paper
     alexnet-eval --checkpoint runs/paper --shards shards/ --ten-crop
@@ -175,16 +176,45 @@ def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("run_dir", type=click.Path(file_okay=False))
-def report_main(run_dir: str) -> None:
-    """Draw RUN_DIR's loss, error and lr curves (curves.png) and write summary.md."""
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--compare", is_flag=True,
+              help="Compare the runs (the first is the baseline) in compare.md and compare.png, with the "
+                   "paper's claimed differences beside the measured ones.")
+@click.option("--out", default=".", help="--compare: folder for compare.md and compare.png.")
+def report_main(runs: tuple[str, ...], compare: bool, out: str) -> None:
+    """Draw RUN's loss, error and lr curves (curves.png) and write summary.md; with --compare,
+    one table of RUN [RUN ...] against the first."""
     from trainer.report import ReportError, report
 
     try:
-        png, md = report(run_dir)
+        if compare:
+            from trainer.compare import compare as compare_runs
+
+            md, png = compare_runs(list(runs), out)
+        else:
+            if len(runs) != 1:
+                raise click.UsageError("one run folder, or --compare RUN [RUN ...]")
+            png, md = report(runs[0])
     except ReportError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {png} and {md}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
+@click.option("--out", required=True, help="Folder for the runs (one sub-folder each) and compare.md/.png.")
+@click.option("--epochs", type=int, default=paper.EPOCHS, help="Epochs of every run (§5: ~90).")
+@click.option("--print", "print_only", is_flag=True,
+              help="Print one alexnet-train command per line (for a cluster's array job) and run nothing.")
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+def ablations_main(shards: str, out: str, epochs: int, print_only: bool, train_args: tuple[str, ...]) -> None:
+    """The paper's ablations: the baseline and one run per claim (§3.2-§4.2), in sequence, then
+    `alexnet-report --compare`. Flags after `--` go to every alexnet-train run."""
+    from trainer.ablations import main as ablations
+
+    if epochs < 1:
+        raise click.BadParameter(f"must be positive, got {epochs}", param_hint="--epochs")
+    sys.exit(ablations(shards, out, epochs, train_args, print_only, echo=click.echo))
 
 
 @click.group(context_settings=CONTEXT)
