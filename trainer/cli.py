@@ -217,6 +217,33 @@ def ablations_main(shards: str, out: str, epochs: int, print_only: bool, train_a
     sys.exit(ablations(shards, out, epochs, train_args, print_only, echo=click.echo))
 
 
+@click.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--shards", required=True, help="The shards the run trained on (val images, training set).")
+@click.option("--images", type=int, default=5,
+              help="Figure 4: validation images shown, spread over the split.")
+@click.option("--max-train", type=int, default=None,
+              help="Figure 4: search at most this many training images (shard order) [default: all].")
+@click.option("--batch-size", type=int, default=128, help="Batch of the feature pass.")
+@click.option("--device", default=None, help="cuda:0, cpu, ... [default: the first GPU, else the CPU].")
+def figures_main(run_dir: str, shards: str, images: int, max_train: int | None, batch_size: int,
+                 device: str | None) -> None:
+    """The paper's Figures 3 and 4 (§6.1) from RUN_DIR's latest checkpoint: figure3.png (conv1 kernels per
+    column, with a colourfulness score each) and figure4.png (val images, their top-5 and the 6 training
+    images nearest in fc7 space), written into RUN_DIR."""
+    from trainer.figures import FigureError
+    from trainer.figures import main as figures
+
+    for name, value in (("--images", images), ("--batch-size", batch_size), ("--max-train", max_train or 1)):
+        if value < 1:
+            raise click.BadParameter(f"must be positive, got {value}", param_hint=name)
+    try:
+        png3, png4 = figures(run_dir, shards, images, max_train, batch_size, device, echo=click.echo)
+    except FigureError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {png3} and {png4}")
+
+
 @click.group(context_settings=CONTEXT)
 def bench_main() -> None:
     """Throughput benchmarks: the input pipeline alone (pipeline) and training (train)."""
