@@ -81,12 +81,14 @@ def test_no_claim_when_two_switches_change_or_for_values_the_paper_did_not_test(
     fake_run(tmp_path / "a", 0.4, 0.2, ten=(0.38, 0.18))
     fake_run(tmp_path / "two", 0.5, 0.3, switches={"norm": "none", "pool": "nonoverlap"})
     fake_run(tmp_path / "bn", 0.3, 0.1, switches={"norm": "batch"})
-    result = CliRunner().invoke(report_main, ["--compare", *(str(tmp_path / n) for n in ("a", "two", "bn")),
-                                              "--out", str(tmp_path)])
+    fake_run(tmp_path / "seed", 0.3, 0.1, seed=1)
+    runs = [str(tmp_path / n) for n in ("a", "two", "bn", "seed")]
+    result = CliRunner().invoke(report_main, ["--compare", *runs, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     rows = rows_of((tmp_path / "compare.md").read_text())
     assert rows["two"][1] == "`--norm none` `--pool nonoverlap`" and rows["two"][11] == ""
     assert rows["bn"][11] == "" and rows["bn"][9] == "-8.00"
+    assert rows["seed"][1] == "`--seed 1`" and rows["seed"][11] == ""  # seed noise: no claim
 
 
 def test_compare_bad_input_is_one_line(tmp_path: Path) -> None:

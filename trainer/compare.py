@@ -79,6 +79,8 @@ def row(run_dir: str | Path) -> Row:
     shown = {d.split()[0] for d in diffs}
     diffs += [_option(k, v) for k, v in sw.items()
               if v != SWITCHES[k] and _option(k, v).split()[0] not in shown]
+    if config.get("seed", 0) != 0:  # not a paper setting, but what tells two otherwise equal runs apart
+        diffs.append(_option("seed", config["seed"]))
     last = epochs[-1] if epochs else {}
     best = min(epochs, key=lambda r: r["val_top1_err"]) if epochs else None
     speeds = sorted(r["images_per_s"] for r in epochs)
