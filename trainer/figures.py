@@ -36,8 +36,10 @@ class FigureError(ValueError):
 # --- Figure 3 ----------------------------------------------------------------------------------------
 
 def conv1_kernels(model: nn.Module) -> list[np.ndarray]:
-    """Each column's conv1 kernels, [K, 3, 11, 11] float32, in column order."""
-    return [layer.weight.detach().float().cpu().numpy() for layer in model.conv1]
+    """Each column's conv1 kernels, [K, 3, 11, 11] float32, in column order (one block for a
+    single-column network, whether its conv1 is a list of one layer or the layer itself)."""
+    layers = model.conv1 if isinstance(model.conv1, nn.ModuleList) else [model.conv1]
+    return [layer.weight.detach().float().cpu().numpy() for layer in layers]
 
 
 def display(kernels: np.ndarray) -> np.ndarray:
