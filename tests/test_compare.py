@@ -59,20 +59,20 @@ def test_compare_sets_measured_differences_beside_the_papers(tmp_path: Path) -> 
     md = (out / "compare.md").read_text()
     rows = rows_of(md)
     assert list(rows) == ["baseline", "no-lrn", "nonoverlap-pool", "no-dropout"]
-    # run | options | epochs | top-1 | top-5 | 10c top-1 | 10c top-5 | best | img/s | Δ1 | Δ5 | paper
+    # run | options | epochs | top-1 | top-5 | 10c top-1 | 10c top-5 | best | img/s | gap | Δ1 | Δ5 | paper
     assert rows["baseline"][1:] == ["none", "3", "40.00%", "20.00%", "38.00%", "18.00%", "3", "101",
-                                    "–", "–", "baseline"]
+                                    "0.100", "–", "–", "baseline"]
     # 10-crop in both: 40 - 38 = +2 points top-1, 19 - 18 = +1 top-5, the paper's +1.4/+1.2 beside it
     assert rows["no-lrn"][1] == "`--norm none`"
-    assert rows["no-lrn"][8:] == ["121", "+2.00", "+1.00", "§3.3: +1.4 / +1.2"]
+    assert rows["no-lrn"][8:] == ["121", "0.100", "+2.00", "+1.00", "§3.3: +1.4 / +1.2"]
     # no 10-crop in this run: the centre crops are compared, and a note says so
     assert rows["nonoverlap-pool"][5:7] == ["–", "–"]
-    assert rows["nonoverlap-pool"][9:] == ["+1.00", "+1.00", "§3.4: +0.4 / +0.3"]
+    assert rows["nonoverlap-pool"][10:] == ["+1.00", "+1.00", "§3.4: +0.4 / +0.3"]
     assert "`nonoverlap-pool`: difference taken on the centre crop" in md
     # another setting differs too: the claim is shown with that warning; no figure for dropout
     assert rows["no-dropout"][1] == "`--epochs 3` `--dropout 0.0`"
-    assert rows["no-dropout"][11].startswith('§4.2: "without dropout')
-    assert "(but epochs differ too)" in rows["no-dropout"][11]
+    assert rows["no-dropout"][12].startswith('§4.2: "Without dropout')
+    assert "(but epochs differ too)" in rows["no-dropout"][12]
     assert "| `--lighting` | `off` | §4.1 | +1.00 | – |" in md
     assert (out / "compare.png").read_bytes().startswith(b"\x89PNG")
 
@@ -86,9 +86,9 @@ def test_no_claim_when_two_switches_change_or_for_values_the_paper_did_not_test(
     result = CliRunner().invoke(report_main, ["--compare", *runs, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     rows = rows_of((tmp_path / "compare.md").read_text())
-    assert rows["two"][1] == "`--norm none` `--pool nonoverlap`" and rows["two"][11] == ""
-    assert rows["bn"][11] == "" and rows["bn"][9] == "-8.00"
-    assert rows["seed"][1] == "`--seed 1`" and rows["seed"][11] == ""  # seed noise: no claim
+    assert rows["two"][1] == "`--norm none` `--pool nonoverlap`" and rows["two"][12] == ""
+    assert rows["bn"][12] == "" and rows["bn"][10] == "-8.00"
+    assert rows["seed"][1] == "`--seed 1`" and rows["seed"][12] == ""  # seed noise: no claim
 
 
 def test_compare_bad_input_is_one_line(tmp_path: Path) -> None:

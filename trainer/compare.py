@@ -61,6 +61,7 @@ class Row:
     best_epoch: int | None  # 1-based, lowest centre-crop top-1
     images_per_s: float | None  # median over epochs
     epochs: int
+    gap: float | None  # last epoch's val loss minus train loss: §4.1/§4.2's "overfitting" has no figure
 
 
 def switches(config: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +91,8 @@ def row(run_dir: str | Path) -> Row:
                ten_top1=final.get("ten_crop_top1_err") if final else None,
                ten_top5=final.get("ten_crop_top5_err") if final else None,
                best_epoch=best["epoch"] + 1 if best else None,
-               images_per_s=speeds[len(speeds) // 2] if speeds else None, epochs=len(epochs))
+               images_per_s=speeds[len(speeds) // 2] if speeds else None, epochs=len(epochs),
+               gap=last["val_loss"] - last["train_loss"] if last else None)
 
 
 def claim_for(base: Row, run: Row) -> tuple[Claim | None, list[str]]:
@@ -139,10 +141,13 @@ def table(rows: list[Row]) -> str:
     base = rows[0]
     lines = [f"# Comparison against the baseline `{base.name}`", "",
              "Errors in %; differences in points of error (positive: the run is worse than the baseline), "
-             "on the 10-crop errors when both runs have them, else on the last centre-crop validation.", "",
+             "on the 10-crop errors when both runs have them, else on the last centre-crop validation. "
+             "val - train loss: the last epoch's, a sign of overfitting (the train loss is taken with "
+             "dropout and augmentation on).", "",
              "| run | options differing from the paper | epochs | top-1 | top-5 | 10-crop top-1 "
-             "| 10-crop top-5 | best epoch | images/s | Δ top-1 | Δ top-5 | the paper (§: Δ top-1 / top-5) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| 10-crop top-5 | best epoch | images/s | val - train loss | Δ top-1 | Δ top-5 "
+             "| the paper (§: Δ top-1 / top-5) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     notes = []
     for r in rows:
         d1, d5, crops = deltas(base, r) if r is not base else (None, None, "")
@@ -158,7 +163,8 @@ def table(rows: list[Row]) -> str:
         speed = "–" if r.images_per_s is None else f"{r.images_per_s:.0f}"
         lines.append(f"| `{r.name}` | {' '.join(f'`{d}`' for d in r.differences) or 'none'} | {r.epochs} "
                      f"| {_p(r.top1)} | {_p(r.top5)} | {_p(r.ten_top1)} | {_p(r.ten_top5)} "
-                     f"| {r.best_epoch or '–'} | {speed} | {_d(d1)} | {_d(d5)} | {paper_col} |")
+                     f"| {r.best_epoch or '–'} | {speed} | {'–' if r.gap is None else f'{r.gap:.3f}'} "
+                     f"| {_d(d1)} | {_d(d5)} | {paper_col} |")
     lines += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
     lines += ["## The paper's claims", "", "| switch | value | section | top-1 | top-5 | the paper's words |",
               "| --- | --- | --- | --- | --- | --- |"]
