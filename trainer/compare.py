@@ -206,7 +206,7 @@ def plot(rows: list[Row], path: Path) -> None:
     ax_d.axhline(0, c="grey", lw=0.8)
     ax_d.set_xticks(xo, [r.name for r in others], rotation=30, ha="right")
     ax_d.set_ylabel(f"error minus {base.name}'s, points")
-    ax_d.set_title(f"difference from the baseline ({base.name})")
+    ax_d.set_title("difference from the baseline" + ("" if base.name == "baseline" else f" ({base.name})"))
     for ax in (ax_err, ax_d):
         ax.grid(axis="y", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
