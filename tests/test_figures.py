@@ -83,17 +83,21 @@ def test_figures_without_checkpoint_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "figure3.png").exists()
 
 
-@pytest.mark.slow
-def test_figures_of_a_tiny_run(sample_shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", [
+    pytest.param("cpu", marks=pytest.mark.slow),
+    # the feature pass on the GPU: DALI's GPU eval pipeline feeding the model, neighbours kept on the device
+    pytest.param("cuda:0", marks=[pytest.mark.gpu,
+                                  pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_figures_of_a_tiny_run(sample_shards: Path, tmp_path: Path, device: str) -> None:
     from trainer.cli import main as train_main
 
     run = tmp_path / "run"
     result = CliRunner().invoke(train_main, ["--shards", str(sample_shards), "--out", str(run),
                                              "--epochs", "1", "--batch-size", "16", "--init", "kaiming",
-                                             "--no-ten-crop", "--no-progress", "--devices", "cpu"])
+                                             "--no-ten-crop", "--no-progress", "--devices", device])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(figures_main, [str(run), "--shards", str(sample_shards), "--images", "3",
-                                               "--max-train", "20", "--batch-size", "8"])
+                                               "--max-train", "20", "--batch-size", "8", "--device", device])
     assert result.exit_code == 0, result.output
     assert result.output.count("colourfulness") == 2
     for name in ("figure3.png", "figure4.png"):
