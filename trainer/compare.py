@@ -189,9 +189,12 @@ def plot(rows: list[Row], path: Path) -> None:
     x = np.arange(len(rows))
     fig, (ax_err, ax_d) = plt.subplots(1, 2, figsize=(max(10, 2.2 * len(rows)), 4.5), constrained_layout=True)
     w = 0.38
+    highest = 0.0
     for i, (label, k) in enumerate((("top-1", 0), ("top-5", 1))):
         vals = [_errors(r)[k] for r in rows]
         ax_err.bar(x + (i - 0.5) * w, [100 * v if v is not None else np.nan for v in vals], w, label=label)
+        highest = max([highest, *(100 * v for v in vals if v is not None)])
+    ax_err.set_ylim(0, 1.25 * highest or 1)  # room for the legend above the bars
     ax_err.set_xticks(x, names, rotation=30, ha="right")
     ax_err.set_ylabel("validation error, % (10-crop where run)")
     ax_err.set_title("errors")
@@ -199,11 +202,15 @@ def plot(rows: list[Row], path: Path) -> None:
     xo = np.arange(len(others))
     for i, label in enumerate(("Δ top-1", "Δ top-5")):
         vals = [deltas(base, r)[i] for r in others]
-        ax_d.bar(xo + (i - 0.5) * w, [v if v is not None else np.nan for v in vals], w, label=label)
+        bars = ax_d.bar(xo + (i - 0.5) * w, [v if v is not None else np.nan for v in vals], w, label=label)
+        ax_d.bar_label(bars, fmt="%+.2f", fontsize=8)  # a zero difference still shows a number
         claimed = [getattr(claim_for(base, r)[0], ("top1", "top5")[i], None) for r in others]
-        ax_d.scatter(xo + (i - 0.5) * w, [c if c is not None else np.nan for c in claimed], marker="_",
-                     s=400, linewidths=3, c="k", zorder=3, label="the paper" if i == 0 else None)
+        if any(c is not None for c in claimed):
+            ax_d.scatter(xo + (i - 0.5) * w, [c if c is not None else np.nan for c in claimed], marker="_",
+                         s=400, linewidths=3, c="k", zorder=3, label="the paper" if i == 0 else None)
     ax_d.axhline(0, c="grey", lw=0.8)
+    ax_d.use_sticky_edges = False  # bars stick the axis to 0; room on both sides for the labels
+    ax_d.margins(y=0.15)
     ax_d.set_xticks(xo, [r.name for r in others], rotation=30, ha="right")
     ax_d.set_ylabel(f"error minus {base.name}'s, points")
     ax_d.set_title("difference from the baseline" + ("" if base.name == "baseline" else f" ({base.name})"))
