@@ -107,3 +107,15 @@ def test_report_of_one_run_is_unchanged(tmp_path: Path) -> None:
     result = CliRunner().invoke(report_main, [str(tmp_path / "a")])
     assert result.exit_code == 0 and (tmp_path / "a" / "summary.md").exists()
     assert CliRunner().invoke(report_main, [str(tmp_path / "a"), str(tmp_path / "a")]).exit_code == 2
+
+
+def test_compare_garbled_metrics_is_one_line(tmp_path: Path) -> None:
+    fake_run(tmp_path / "a", 0.4, 0.2)
+    fake_run(tmp_path / "b", 0.4, 0.2)
+    log = tmp_path / "b" / "metrics.jsonl"
+    log.write_text(log.read_text().replace('"val_top1_err"', '"x"'))
+    result = CliRunner().invoke(report_main, ["--compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                                              "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {tmp_path / 'b'}: params.json or metrics.jsonl lacks or garbles")
+    assert len(result.output.strip().splitlines()) == 1

@@ -228,7 +228,15 @@ def compare(runs: list[str | Path], out: str | Path = ".") -> tuple[Path, Path]:
 
     if not runs:
         raise ReportError("--compare needs at least one run folder (the first is the baseline)")
-    rows = [row(r) for r in runs]
+    rows = []
+    for r in runs:
+        try:
+            rows.append(row(r))
+        except (KeyError, TypeError, ValueError) as e:  # a record or setting of the wrong shape
+            if isinstance(e, ReportError):
+                raise
+            raise ReportError(f"{r}: params.json or metrics.jsonl lacks or garbles a field "
+                              f"({type(e).__name__}: {e})") from None
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise ReportError(f"--compare: two runs share a folder name ({', '.join(names)}); "

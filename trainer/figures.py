@@ -342,7 +342,10 @@ def main(run_dir: str, shards: str, images: int = 5, max_train: int | None = Non
         return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
     picked = pick(manifest["splits"]["val"]["samples"], images)
-    queries = find_neighbours(model, val, train_batches, dev, picked, to_pixels, max_train)
+    try:
+        queries = find_neighbours(model, val, train_batches, dev, picked, to_pixels, max_train)
+    except pipeline.PipelineError as e:  # a shard that broke mid-pass: the loader names it
+        raise FigureError(f"--shards: {e}") from None
     png4 = run / FIGURE4
     tmp = run / f".{FIGURE4}.tmp.png"
     figure4(queries, class_names(manifest), tmp)
