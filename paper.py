@@ -50,3 +50,22 @@ CONV_KERNELS = (11, 5, 3, 3, 3)  # 11x11x3, 5x5x48, 3x3x256, 3x3x192, 3x3x192
 CONV1_STRIDE = 4  # "with a stride of 4 pixels"
 COLUMNS = 2  # §3.2: half of the kernels (or neurons) on each of two GPUs
 FC_WIDTH = 4096
+
+# The paper's controlled claims: one change to the network or the training, and what it did to the
+# error rates (percentage points, positive = the change raised the error). `alexnet-report --compare`
+# sets a run's measured difference from its baseline beside these; trainer/compare.py reads them.
+# (switch, value the paper's claim is about, section, top-1 points, top-5 points, the paper's words)
+CLAIMS = (
+    ("norm", "none", "§3.3", 1.4, 1.2, "Response normalization reduces our top-1 and top-5 error rates by "
+     "1.4% and 1.2%, respectively."),
+    ("pool", "nonoverlap", "§3.4", 0.4, 0.3, "This scheme reduces the top-1 and top-5 error rates by 0.4% "
+     "and 0.3%, respectively, as compared with the non-overlapping scheme s = 2, z = 2"),
+    ("columns", 1, "§3.2", 1.7, 1.2, "This scheme reduces our top-1 and top-5 error rates by 1.7% and 1.2%, "
+     "respectively, as compared with a net with half as many kernels in each convolutional layer trained "
+     "on one GPU."),
+    # "over 1%": a lower bound on top-1, no top-5 figure.
+    ("lighting", "off", "§4.1", 1.0, None, "This scheme reduces the top-1 error rate by over 1%."),
+    ("dropout", 0.0, "§4.2", None, None, "Without dropout, our network exhibits substantial overfitting."),
+    ("augment", "none", "§4.1", None, None, "Without this scheme, our network suffers from substantial "
+     "overfitting"),
+)

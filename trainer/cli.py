@@ -1,4 +1,5 @@
-"""Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report` and `alexnet-bench`.
+"""Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report`, `alexnet-bench`, `alexnet-ablations`
+and `alexnet-figures`.
 
     alexnet-train --shards shards/ --out runs/paper
     alexnet-eval --checkpoint runs/paper --shards shards/ --ten-crop
@@ -220,16 +221,72 @@ def _errors(result: dict[str, Any]) -> str:
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("run_dir", type=click.Path(file_okay=False))
-def report_main(run_dir: str) -> None:
-    """Draw RUN_DIR's loss, error and lr curves (curves.png) and write summary.md."""
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--compare", is_flag=True,
+              help="Compare the runs (the first is the baseline) in compare.md and compare.png, with the "
+                   "paper's claimed differences beside the measured ones.")
+@click.option("--out", default=".", help="--compare: folder for compare.md and compare.png.")
+def report_main(runs: tuple[str, ...], compare: bool, out: str) -> None:
+    """Draw RUN's loss, error and lr curves (curves.png) and write summary.md; with --compare,
+    one table of RUN [RUN ...] against the first."""
     from trainer.report import ReportError, report
 
     try:
-        png, md = report(run_dir)
+        if compare:
+            from trainer.compare import compare as compare_runs
+
+            md, png = compare_runs(list(runs), out)
+        else:
+            if len(runs) != 1:
+                raise click.UsageError("one run folder, or --compare RUN [RUN ...]")
+            png, md = report(runs[0])
     except ReportError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {png} and {md}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
+@click.option("--out", required=True, help="Folder for the runs (one sub-folder each) and compare.md/.png.")
+@click.option("--epochs", type=int, default=paper.EPOCHS, help="Epochs of every run (§5: ~90).")
+@click.option("--print", "print_only", is_flag=True,
+              help="Print one alexnet-train command per line (for a cluster's array job) and run nothing.")
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+def ablations_main(shards: str, out: str, epochs: int, print_only: bool, train_args: tuple[str, ...]) -> None:
+    """The paper's ablations: the baseline and one run per claim (§3.2-§4.2), in sequence, then
+    `alexnet-report --compare`. Flags after `--` go to every alexnet-train run."""
+    from trainer.ablations import main as ablations
+
+    if epochs < 1:
+        raise click.BadParameter(f"must be positive, got {epochs}", param_hint="--epochs")
+    sys.exit(ablations(shards, out, epochs, train_args, print_only, echo=click.echo))
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--shards", required=True, help="The shards the run trained on (val images, training set).")
+@click.option("--images", type=int, default=5,
+              help="Figure 4: validation images shown, spread over the split.")
+@click.option("--max-train", type=int, default=None,
+              help="Figure 4: search at most this many training images (shard order) [default: all].")
+@click.option("--batch-size", type=int, default=128, help="Batch of the feature pass.")
+@click.option("--device", default=None, help="cuda:0, cpu, ... [default: the first GPU, else the CPU].")
+def figures_main(run_dir: str, shards: str, images: int, max_train: int | None, batch_size: int,
+                 device: str | None) -> None:
+    """The paper's Figures 3 and 4 (§6.1) from RUN_DIR's latest checkpoint: figure3.png (conv1 kernels per
+    column, with a colourfulness score each) and figure4.png (val images, their top-5 and the 6 training
+    images nearest in fc7 space), written into RUN_DIR."""
+    from trainer.figures import FigureError
+    from trainer.figures import main as figures
+
+    for name, value in (("--images", images), ("--batch-size", batch_size), ("--max-train", max_train or 1)):
+        if value < 1:
+            raise click.BadParameter(f"must be positive, got {value}", param_hint=name)
+    try:
+        png3, png4 = figures(run_dir, shards, images, max_train, batch_size, device, echo=click.echo)
+    except FigureError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {png3} and {png4}")
 
 
 @click.group(context_settings=CONTEXT)
