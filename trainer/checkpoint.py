@@ -7,6 +7,11 @@ Layout of <run>/checkpoints/:
     step-00001234.json  {"step", "epoch", "batch", "sha256", "bytes", "time"}: written after the .pt
                         (completion marker), so a .pt without it is an unfinished write
 
+Beside it, <run>/best.pt (the weights of the epoch with the lowest centre-crop val top-1 error so
+far) and <run>/final.pt (after the last epoch): plain state dicts of trainer.model.AlexNet, ~240 MB
+instead of a checkpoint's ~700 MB with momentum, for `torch.load(..., weights_only=True)`,
+alexnet-eval and `alexnet-train --init-from`.
+
 Both files go through tools.atomic (temp name in the same folder, fsync, os.replace). A failed
 write (a full disk) raises CheckpointWriteError and leaves neither a temp file nor a .pt without
 its marker; temp files of a killed write are removed by `remove_temp_files` at the run's next
@@ -35,6 +40,7 @@ from tools import atomic
 
 KEEP = 2  # the newest and one fallback
 DIRNAME = "checkpoints"
+BEST, FINAL = "best.pt", "final.pt"  # weights only, in the run folder
 NAME = re.compile(r"^step-(\d{8,})\.pt$")
 TEMP = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]+$")  # tools.atomic.temp_name
 
@@ -80,6 +86,37 @@ def save(run_dir: str | Path, state: dict[str, Any], step: int, epoch: int, batc
         old.with_suffix(".json").unlink(missing_ok=True)
         old.unlink(missing_ok=True)
     return path
+
+
+def save_weights(path: str | Path, model_state: dict[str, torch.Tensor]) -> Path:
+    """Write a model state dict alone (CPU tensors, so it loads on a machine without the run's GPUs)."""
+    path = Path(path)
+    weights = {k: v.detach().cpu() for k, v in model_state.items()}
+    try:
+        with atomic.atomic_write(str(path)) as f:
+            torch.save(weights, f)
+    except OSError as e:
+        raise CheckpointWriteError(f"{path}: could not write the weights ({e.strerror or e})") from e
+    return path
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A model state dict from a weights file (best.pt, final.pt) or from a full checkpoint (its
+    "model"); raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # as in _read: torch raises many kinds for a file that is not a torch.save
+        raise CheckpointError(f"{path}: not a readable weights file "
+                              f"({type(e).__name__}: {_first_line(e)})") from e
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a model state dict (name -> tensor)")
+    return state
 
 
 def remove_temp_files(run_dir: str | Path) -> list[Path]:

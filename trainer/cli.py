@@ -113,11 +113,14 @@ def _warnings_to_stderr() -> None:
 @click.option("--note", default="",
               help="Why this run differs from the paper; kept in params.json and the report.")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
+@click.option("--init-from", default="",
+              help="Start from these weights (a run's best.pt or final.pt, or a checkpoint): fine-tuning. "
+                   "With another class count fc8 starts fresh.")
 def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
          lr_policy: str, lr_patience: int, lr_threshold: float, lr_drops: int, lr_milestones: str | None,
          init: str, sgd: str, lrn: str, mean: str | None, devices: str | None, precision: str,
          channels_last: bool, compile_: bool, seed: int, log_every: int, checkpoint_every: int,
-         max_steps: int, ten_crop: bool, resume: bool, note: str, progress: bool) -> None:
+         max_steps: int, ten_crop: bool, resume: bool, note: str, progress: bool, init_from: str) -> None:
     """Train AlexNet as in Krizhevsky et al. (2012), §5: SGD, batch 128, momentum 0.9, weight decay
     5e-4, lr 0.01 divided by 10 when the validation error stops improving, 90 epochs.
 
@@ -133,7 +136,7 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
                       precision=precision,
                       channels_last=channels_last, compile=compile_, seed=seed, log_every=log_every,
                       checkpoint_every=checkpoint_every, max_steps=max_steps, ten_crop=ten_crop,
-                      resume=resume, note=note, progress=progress)
+                      resume=resume, note=note, progress=progress, init_from=init_from)
     from pipeline import PipelineError
     from trainer.checkpoint import CheckpointError
 

@@ -85,11 +85,13 @@ class TrainConfig:
     resume: bool = False
     note: str = ""  # free text kept in params.json: why this run differs from the paper
     progress: bool = True  # tqdm bars (rank 0)
+    init_from: str = ""  # weights file (best.pt, final.pt, a checkpoint) to start from: fine-tuning
 
     def __post_init__(self) -> None:
         if not self.mean:
             object.__setattr__(self, "mean", "image" if self.init == "paper" else "channel")
-        for name in ("shards", "out"):  # file:///x is the local /x; other URLs are refused by check()
+        # file:///x is the local /x; other URLs are refused by check()
+        for name in ("shards", "out", "init_from"):
             object.__setattr__(self, name, local_path(getattr(self, name)))
 
     def check(self, world_size: int = 1) -> None:
@@ -102,6 +104,8 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("shards", "out"):
             check_local(getattr(self, name), f"--{name}")
+        if self.init_from:
+            check_local(self.init_from, "--init-from")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"--seed must be in 0..{MAX_SEED} (2^63 - 1), got {self.seed}")
         if not self.lr > 0:
@@ -166,6 +170,7 @@ REASONS = {
     "mean": "per-channel standardised input, the unit variance He (kaiming) init assumes",
     "precision": "bf16 autocast or strict fp32 instead of the default TF32 arithmetic (storage is fp32)",
     "ten_crop": "final 10-crop evaluation (§6) skipped",
+    "init_from": "started from earlier weights (fine-tuning) instead of §5's initialisation",
 }
 
 

@@ -89,6 +89,7 @@ class Plan:
     resumed_by_restart: bool = False
     # The folder holds an attempt killed before its first checkpoint: start at step 0 over its logs.
     restart_empty: bool = False
+    init_weights: dict[str, Tensor] | None = None  # --init-from's state dict, read before any write
 
 
 def own_gpus(world: distributed.World) -> bool:
@@ -167,7 +168,13 @@ def prepare(cfg: TrainConfig, world: distributed.World | None = None) -> Plan:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file")
-    return Plan(cfg, world, devices, m, len(m["classes"]))
+    init_weights = None
+    if cfg.init_from and not cfg.resume:  # a resumed run continues from its checkpoint instead
+        try:
+            init_weights = checkpoint.load_weights(cfg.init_from)
+        except checkpoint.CheckpointError as e:
+            raise ConfigError(f"--init-from: {e}") from e
+    return Plan(cfg, world, devices, m, len(m["classes"]), init_weights=init_weights)
 
 
 def shards_identity(plan: Plan) -> dict[str, Any]:
@@ -300,6 +307,32 @@ def build_model(cfg: TrainConfig, num_classes: int, devices: tuple[str, ...]) ->
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def load_init_weights(model: nn.Module, weights: dict[str, Tensor], source: str) -> str | None:
+    """Copy --init-from's weights into a freshly built `model` (fine-tuning). When only the last
+    layer's shapes differ (another class count), that layer keeps its fresh initialisation; the
+    returned line says so. Any other difference raises ConfigError naming the first one."""
+    own = model.state_dict()
+    head = next(reversed(own)).rsplit(".", 1)[0]  # the classifier: "fc8" in AlexNet
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    if missing or extra:
+        raise ConfigError(f"--init-from: {source} does not fit this model ("
+                          + ", ".join(filter(None, [f"missing {missing[0]}" if missing else "",
+                                                    f"unexpected {extra[0]}" if extra else ""]))
+                          + f"; {len(missing)} missing, {len(extra)} unexpected keys)")
+    differ = [k for k in own if weights[k].shape != own[k].shape]
+    if any(k.rsplit(".", 1)[0] != head for k in differ):
+        k = next(k for k in differ if k.rsplit(".", 1)[0] != head)
+        raise ConfigError(f"--init-from: {source}: {k} has shape {tuple(weights[k].shape)}, "
+                          f"this model's is {tuple(own[k].shape)}")
+    model.load_state_dict({k: (own[k] if k in differ else weights[k]) for k in own})
+    if not differ:
+        return None
+    classes = weights[differ[0]].shape[0]
+    return (f"--init-from: {source} has {classes} classes, these shards {own[differ[0]].shape[0]}: "
+            f"{head} is replaced by a freshly initialised layer, every other layer is loaded")
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -642,6 +675,10 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
         model = build_model(cfg, plan.num_classes, devices)
         optimizer = make_optimizer(cfg, model)
         scheduler = make_scheduler(cfg, optimizer)
+        if state is None and plan.init_weights is not None:
+            said = load_init_weights(unwrap(model), plan.init_weights, cfg.init_from)
+            if said and world.main:
+                tqdm.write(said, file=sys.stderr)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -712,6 +749,10 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
             return evaluate(model, val_loader(ten_crop), device, autocast(device),
                             plan.manifest["splits"]["val"]["samples"], cfg.channels_last)
 
+        # best.pt follows the lowest centre-crop val top-1 error; a resumed run knows the past
+        # epochs' from metrics.jsonl (already cut back to its checkpoint above).
+        best = min((r["val_top1_err"] for r in metrics.read(out) if r["kind"] == "epoch"),
+                   default=math.inf) if world.main else math.inf
         last: dict[str, Any] = {}
         while pos.epoch < cfg.epochs:
             if mid_epoch:
@@ -737,6 +778,9 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
                            f"{val['val_top1_err']:.4f}, top-5 err {val['val_top5_err']:.4f}, "
                            f"{last['images_per_s']:.0f} img/s, data wait {train['data_wait']:.0%}",
                            file=sys.stderr)
+            if world.main and val["val_top1_err"] < best:
+                best = val["val_top1_err"]
+                checkpoint.save_weights(out / checkpoint.BEST, unwrap(model).state_dict())
             pos.epoch, pos.batch, pos.loss_sum, pos.samples = pos.epoch + 1, 0, 0.0, 0.0
             save()
             signum = stop.requested(world, device)
@@ -744,6 +788,11 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
                 raise Interrupted(signum, pos.step, cfg.out)
             if cfg.max_steps and pos.step >= cfg.max_steps and pos.epoch < cfg.epochs:
                 raise StopRun
+        if world.main:
+            checkpoint.save_weights(out / checkpoint.FINAL, unwrap(model).state_dict())
+            tqdm.write(f"weights: {out / checkpoint.FINAL} (last epoch), {out / checkpoint.BEST} (lowest val "
+                       f"top-1 error, {best:.4f}); full checkpoints in {checkpoint.folder(out)}",
+                       file=sys.stderr)
         if cfg.ten_crop:
             ten = validate(True)
             final = {"kind": "final", "epoch": pos.epoch - 1, "step": pos.step,
