@@ -21,6 +21,7 @@ import warnings
 import click
 
 import paper
+from tools import version
 from trainer.config import (
     INITS,
     LR_POLICIES,
@@ -63,6 +64,7 @@ def _warnings_to_stderr() -> None:
 
 
 @click.command(context_settings=CONTEXT)
+@version.option("alexnet-train")
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
 @click.option("--out", default="runs/alexnet", help="Run folder: params, metrics, TensorBoard, checkpoints.")
 @click.option("--epochs", type=int, default=paper.EPOCHS, help="Passes over the training set (§5: ~90).")
@@ -156,6 +158,7 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
 
 
 @click.command(context_settings=CONTEXT)
+@version.option("alexnet-eval")
 @click.option("--checkpoint", "checkpoint_path", required=True,
               help="A checkpoint file (step-*.pt) or a run folder (its latest good checkpoint).")
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
@@ -191,6 +194,7 @@ def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int
 
 
 @click.command(context_settings=CONTEXT)
+@version.option("alexnet-report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report_main(run_dir: str) -> None:
     """Draw RUN_DIR's loss, error and lr curves (curves.png) and write summary.md."""
@@ -204,6 +208,7 @@ def report_main(run_dir: str) -> None:
 
 
 @click.group(context_settings=CONTEXT)
+@version.option("alexnet-bench")
 def bench_main() -> None:
     """Throughput benchmarks: the input pipeline alone (pipeline) and training (train)."""
 
