@@ -6,6 +6,9 @@ Fast: the fake loaders and tiny model of test_train_faults.py.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,29 @@ def test_alexnet_loads_final_pt(tmp_path: Path) -> None:
     again = AlexNet(num_classes=5, devices=("cpu",))
     again.load_state_dict(torch.load(path, weights_only=True))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+TRAIN_SCRIPT = """
+import torch
+from tests import fakes
+from tests.test_train_faults import Tiny
+from trainer import train
+model = Tiny(3)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+loader = fakes.FakeTrainLoader(8, 4, 3)
+train.train_one_epoch(model, opt, loader.epoch(0), train.Position(), torch.device("cpu"), global_batch=4,
+                      log_every=50, total=len(loader), progress=True)
+"""
+
+
+@pytest.mark.parametrize("disable", ["1", ""])
+def test_train_bar_honours_tqdm_disable(disable: str) -> None:
+    """--progress (the default) shows the bar unless TQDM_DISABLE=1 (read by tqdm at import: a fresh
+    process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    if disable:
+        env["TQDM_DISABLE"] = disable
+    out = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], cwd=Path(__file__).resolve().parent.parent,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert ("epoch 0:" in out.stderr) == (not disable), out.stderr

@@ -114,7 +114,8 @@ def _warnings_to_stderr() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest good checkpoint.")
 @click.option("--note", default="",
               help="Why this run differs from the paper; kept in params.json and the report.")
-@click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
+@click.option("--progress/--no-progress", default=True,
+              help="tqdm progress bars (TQDM_DISABLE=1 turns them off too).")
 @click.option("--init-from", default="",
               help="Start from these weights (a run's best.pt or final.pt, or a checkpoint): fine-tuning. "
                    "With another class count fc8 starts fresh.")
@@ -167,8 +168,10 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
 @click.option("--devices", default=None, help="As for alexnet-train [default: as for alexnet-train].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="tf32", help="As for alexnet-train.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("--progress/--no-progress", default=True,
+              help="tqdm progress bar on stderr (TQDM_DISABLE=1 turns it off too).")
 def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int, devices: str | None,
-              precision: str, as_json: bool) -> None:
+              precision: str, as_json: bool, progress: bool) -> None:
     """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once."""
     from trainer import distributed, evaluate
 
@@ -177,7 +180,7 @@ def eval_main(checkpoint_path: str, shards: str, ten_crop: bool, batch_size: int
 
     try:
         result = evaluate.main(checkpoint_path, shards, ten_crop=ten_crop, batch_size=batch_size,
-                               devices=_devices(devices), precision=precision)
+                               devices=_devices(devices), precision=precision, progress=progress)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     except PipelineError as e:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from pipeline.loader import PAD_LABEL
 from trainer import distributed
@@ -46,15 +47,20 @@ def unpack(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str,
              autocast: AbstractContextManager | None = None, expected: int | None = None,
-             channels_last: bool = False) -> dict[str, float]:
+             channels_last: bool = False, progress: bool = False) -> dict[str, float]:
     """Evaluate `model` once over `loader`; ten-crop batches ([B, 10, 3, H, W]) average the softmax
-    over the patches, as §6 does. Returns val_loss, val_top1_err, val_top5_err, val_samples."""
+    over the patches, as §6 does. Returns val_loss, val_top1_err, val_top5_err, val_samples.
+
+    `progress`: a tqdm bar (batches) on stderr, which TQDM_DISABLE=1 still turns off."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
     # [loss sum, top-1 hits, top-5 hits, samples] stay on the device: no sync until the end.
     totals = torch.zeros(4, dtype=torch.float64, device=device)
-    for batch in loader:
+    # disable= only when asked: tqdm reads TQDM_DISABLE as a default, which an explicit argument overrides.
+    bar = tqdm(loader, total=len(loader) if hasattr(loader, "__len__") else None, desc="eval", unit="batch",
+               dynamic_ncols=True, leave=False, **({} if progress else {"disable": True}))
+    for batch in bar:
         images, labels, valid = unpack(batch)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True).long()
@@ -88,7 +94,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
 
 
 def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: int = 128,
-         devices: tuple[str, ...] = (), precision: str = "tf32") -> dict[str, float]:
+         devices: tuple[str, ...] = (), precision: str = "tf32", progress: bool = True) -> dict[str, float]:
     """`alexnet-eval`: load a checkpoint (file, or a run folder's latest good one) onto `devices`,
     whatever placement it was trained on, and evaluate it on the val shards. Raises ConfigError."""
     from pathlib import Path
@@ -145,6 +151,6 @@ def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: 
         model = AlexNet(num_classes=state["num_classes"], devices=devices, lrn_variant=saved.lrn)
         model.load_state_dict(state["model"])
         return evaluate(model, loader, device, autocast(device),
-                        expected=manifest["splits"]["val"]["samples"])
+                        expected=manifest["splits"]["val"]["samples"], progress=progress and world.main)
     finally:
         distributed.shutdown()

@@ -446,8 +446,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     wait = metrics.DataWait()
     pos.pending = pos.pending.to(device)
     images_done, t_log, wait_log = 0, time.perf_counter(), 0.0
-    bar = tqdm(total=total, initial=pos.batch, desc=f"epoch {pos.epoch}", disable=not progress,
-               dynamic_ncols=True, leave=False)
+    # disable= only when asked: tqdm reads TQDM_DISABLE as a default, which an explicit argument overrides.
+    bar = tqdm(total=total, initial=pos.batch, desc=f"epoch {pos.epoch}", dynamic_ncols=True, leave=False,
+               **({} if progress else {"disable": True}))
     try:
         for images, labels in wait.wrap(loader):
             images, labels = to_device(images, labels, device, channels_last)
