@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -70,3 +72,61 @@ def test_eval_command_passes_the_flag(monkeypatch: pytest.MonkeyPatch, flag: lis
     result = CliRunner().invoke(eval_main, ["--checkpoint", "x", "--shards", "y", *flag])
     assert result.exit_code == 0, result.output
     assert seen["progress"] is expected
+
+
+# torchvision.models.alexnet()'s state dict: names and shapes, written out so the test needs no torchvision.
+TORCHVISION_SHAPES = {
+    "features.0.weight": (64, 3, 11, 11), "features.0.bias": (64,),
+    "features.3.weight": (192, 64, 5, 5), "features.3.bias": (192,),
+    "features.6.weight": (384, 192, 3, 3), "features.6.bias": (384,),
+    "features.8.weight": (256, 384, 3, 3), "features.8.bias": (256,),
+    "features.10.weight": (256, 256, 3, 3), "features.10.bias": (256,),
+    "classifier.1.weight": (4096, 9216), "classifier.1.bias": (4096,),
+    "classifier.4.weight": (4096, 4096), "classifier.4.bias": (4096,),
+    "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,),
+}
+
+
+def test_torchvision_shapes_are_its_parameter_count() -> None:
+    """The figure the message quotes, from the shapes above."""
+    assert sum(math.prod(s) for s in TORCHVISION_SHAPES.values()) == 61_100_840
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["state-dict", "references-checkpoint"])
+def test_torchvision_checkpoint_is_explained(sample_shards: Path, tmp_path: Path, wrapped: bool) -> None:
+    # Tiny tensors under torchvision's names: detection is by keys, so shapes need not be real.
+    state: dict[str, Any] = {k: torch.zeros(1) for k in TORCHVISION_SHAPES}
+    if wrapped:  # what torchvision's references/classification/train.py saves
+        state = {"model": state, "optimizer": {}, "epoch": 89}
+    path = tmp_path / "alexnet-owt.pth"
+    torch.save(state, path)
+    result = CliRunner().invoke(eval_main, ["--checkpoint", str(path), "--shards", str(sample_shards),
+                                            "--devices", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "torchvision AlexNet" in result.output and "64/192/384/256/256" in result.output
+    assert "61,100,840" in result.output and "60,965,224" in result.output
+    assert "not an alexnet-train checkpoint" not in result.output and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "torchvision" in line]
+    assert len(errors) == 1 and str(path) in errors[0]
+
+
+def test_eval_of_a_runs_best_pt(sample_shards: Path, tmp_path: Path) -> None:
+    from tools import atomic
+    from trainer import checkpoint
+    from trainer.config import TrainConfig
+    from trainer.model import AlexNet
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=4, devices=("cpu",), init="kaiming")
+    checkpoint.save_weights(run / "best.pt", model.state_dict())
+    args = ["--checkpoint", str(run / "best.pt"), "--shards", str(sample_shards), "--devices", "cpu",
+            "--precision", "fp32", "--json", "--no-progress"]
+    result = CliRunner().invoke(eval_main, args)
+    assert result.exit_code == 2 and "params.json" in result.output and "is not beside it" in result.output
+    atomic.write_json(str(run / "params.json"),
+                      {"config": TrainConfig(shards="", out="", init="kaiming").to_dict()})
+    result = CliRunner().invoke(eval_main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["val_samples"] == 16

@@ -49,6 +49,10 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or a file that is not a valid checkpoint."""
 
 
+class NotACheckpoint(CheckpointError):
+    """A readable torch file without a checkpoint's "model": perhaps weights alone (best.pt, final.pt)."""
+
+
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (full disk, lost mount); nothing partial was left behind."""
 
@@ -111,6 +115,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # as in _read: torch raises many kinds for a file that is not a torch.save
         raise CheckpointError(f"{path}: not a readable weights file "
                               f"({type(e).__name__}: {_first_line(e)})") from e
+    try:
+        check_not_torchvision(state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not state or not all(
@@ -150,7 +158,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         return _read(Path(path), map_location)
     except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from e
+        raise type(e)(f"{path}: {e}") from e
 
 
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
@@ -173,9 +181,29 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, pickle/zip errors, EOFError... for bad files
         raise CheckpointError(f"not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from e
+    check_not_torchvision(state)
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError("not an alexnet-train checkpoint (no model state)")
+        raise NotACheckpoint("not an alexnet-train checkpoint (no model state)")
     return state
+
+
+# torchvision.models.alexnet follows the one-GPU "One weird trick" variant (Krizhevsky 2014), not
+# the 2012 paper's two columns: its tensors have other shapes, so no key mapping could load them.
+TORCHVISION = ("a torchvision AlexNet state dict (features.*, classifier.*), which cannot load here: "
+               "torchvision's is one column of 64/192/384/256/256 kernels with 61,100,840 parameters, the "
+               "paper's two columns of 2x48/2x128/2x192/2x192/2x128 with 60,965,224 (trainer/model.py)")
+
+
+def check_not_torchvision(state: Any) -> None:
+    """Raise CheckpointError (TORCHVISION) for a torchvision AlexNet state dict, bare or as the "model"
+    of a torchvision references checkpoint."""
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        return
+    keys = [k.removeprefix("module.") for k in state if isinstance(k, str)]  # DDP-saved ones too
+    if any(k.startswith("features.") for k in keys) and any(k.startswith("classifier.") for k in keys):
+        raise CheckpointError(TORCHVISION)
 
 
 def _first_line(e: Exception) -> str:

@@ -161,7 +161,8 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
 @click.command(context_settings=CONTEXT)
 @version.option("alexnet-eval")
 @click.option("--checkpoint", "checkpoint_path", required=True,
-              help="A checkpoint file (step-*.pt) or a run folder (its latest good checkpoint).")
+              help="A checkpoint file (step-*.pt), a run's weights (best.pt, final.pt: the run's "
+                   "params.json must be beside them) or a run folder (its latest good checkpoint).")
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the 10 patches of §6.")
 @click.option("--batch-size", type=int, default=paper.BATCH_SIZE, help="Evaluation batch (global).")

@@ -93,9 +93,26 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
             "val_samples": int(totals[3].item())}
 
 
+def weights_state(path: Any) -> dict[str, Any]:
+    """A weights-only file (a run's best.pt or final.pt) as a checkpoint-like state: the settings the
+    model needs (LRN variant, input normalisation) come from the run's params.json beside it."""
+    from trainer import checkpoint, train
+    from trainer.config import ConfigError
+
+    weights = checkpoint.load_weights(path)
+    if not (path.parent / train.PARAMS).exists():
+        raise ConfigError(f"--checkpoint: {path} holds weights only, and {path.parent / train.PARAMS} (the "
+                          "run's LRN and input normalisation) is not beside it")
+    if "fc8.weight" not in weights:
+        raise ConfigError(f"--checkpoint: {path} is not an AlexNet state dict (no fc8.weight)")
+    return {"model": weights, "config": train.read_params(path.parent)["config"],
+            "num_classes": weights["fc8.weight"].shape[0]}
+
+
 def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: int = 128,
          devices: tuple[str, ...] = (), precision: str = "tf32", progress: bool = True) -> dict[str, float]:
-    """`alexnet-eval`: load a checkpoint (file, or a run folder's latest good one) onto `devices`,
+    """`alexnet-eval`: load a checkpoint (file, a run folder's latest good one, or a run's best.pt /
+    final.pt) onto `devices`,
     whatever placement it was trained on, and evaluate it on the val shards. Raises ConfigError."""
     from pathlib import Path
 
@@ -125,7 +142,10 @@ def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: 
                 raise ConfigError(f"--checkpoint: {path} holds no checkpoint")
             state = found[0]
         else:
-            state = checkpoint.load(path)
+            try:
+                state = checkpoint.load(path)
+            except checkpoint.NotACheckpoint:
+                state = weights_state(path)
     except checkpoint.CheckpointError as e:
         raise ConfigError(f"--checkpoint: {e}") from e
     saved = TrainConfig.from_dict(state["config"])
@@ -149,7 +169,11 @@ def main(checkpoint_path: str, shards: str, ten_crop: bool = False, batch_size: 
     try:
         autocast = train.set_precision(precision)
         model = AlexNet(num_classes=state["num_classes"], devices=devices, lrn_variant=saved.lrn)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:  # torch lists every missing/unexpected key: the first line says enough
+            raise ConfigError(f"--checkpoint: {path} does not fit trainer.model.AlexNet "
+                              f"({str(e).strip().splitlines()[0][:200]})") from None
         return evaluate(model, loader, device, autocast(device),
                         expected=manifest["splits"]["val"]["samples"], progress=progress and world.main)
     finally:
