@@ -150,3 +150,30 @@ def test_train_bar_honours_tqdm_disable(disable: str) -> None:
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert ("epoch 0:" in out.stderr) == (not disable), out.stderr
+
+
+def test_tensorboard_tags_settings_and_hparams(sample_shards: Path, tmp_path: Path, tiny: None) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = tmp_path / "run"
+    result = cli("--shards", str(sample_shards), "--out", str(run), *ARGS, "--ten-crop", "--lr", "0.02",
+                 "--note", "a note")
+    assert result.exit_code == 0, result.output
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    intervals = {"loss/train_interval", "speed/images_per_s_interval", "speed/data_wait_interval"}
+    assert scalars == set(metrics.TB_TAGS.values()) - intervals  # --log-every 50: no interval ends
+    per_epoch = acc.Scalars("speed/images_per_s")
+    assert len(per_epoch) == 2 and all(e.value > 0 for e in per_epoch)
+    assert len(acc.Scalars("speed/data_wait")) == 2
+    text = acc.Tensors("settings/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| lr | 0.02 | 0.01 |" in text and "a note" in text and "train_hash" in text
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["lr"].number_value == 0.02
+    assert start.session_start_info.hparams["init"].string_value == "kaiming"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    tags = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert tags >= {"error/val_top1", "error/ten_crop_top1"}

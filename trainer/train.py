@@ -47,7 +47,7 @@ from tools import atomic
 from tools import manifest as manifest_lib
 from tools.lock import RunLock, RunLockedError
 from trainer import checkpoint, distributed, metrics, optim
-from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag
+from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag, paper_differences
 from trainer.evaluate import evaluate
 from trainer.model import AlexNet
 
@@ -501,7 +501,7 @@ def git_revision() -> str:
     return (rev or "unknown") + ("-dirty" if dirty else "")
 
 
-def write_params(plan: Plan, resumed: bool) -> None:
+def write_params(plan: Plan, resumed: bool) -> dict[str, Any]:
     m = plan.manifest
     params = {
         "config": plan.cfg.to_dict(),
@@ -519,6 +519,7 @@ def write_params(plan: Plan, resumed: bool) -> None:
         "time": time.time(),
     }
     atomic.write_json(str(Path(plan.cfg.out) / PARAMS), params)
+    return params
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -702,8 +703,9 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
             if state is None and resumed:
                 warnings.warn(f"{out} holds a run stopped before its first checkpoint: starting it again "
                               "from step 0", stacklevel=1)
-            write_params(plan, resumed=state is not None)
+            params = write_params(plan, resumed=state is not None)
             run_log = metrics.RunLog(out, purge_step=pos.step + 1 if resumed else None)
+            run_log.settings(params, paper_differences(params["config"]), pos.step)
             if state is not None:
                 tqdm.write(f"resuming {out} from {plan.resume_from[1]} (step {pos.step}, epoch {pos.epoch}, "
                            f"batch {pos.batch} of it); logs in {out / metrics.METRICS}", file=sys.stderr)
