@@ -156,3 +156,17 @@ def test_curves_title_of_the_paper_settings(tmp_path: Path, monkeypatch: pytest.
     run = tmp_path / "paper"
     fake_run(run)
     assert drawn_figure(run, monkeypatch)._suptitle.get_text() == "paper: the paper's settings"
+
+
+@pytest.mark.parametrize("classes", [4, 1000])
+def test_paper_reference_lines_only_for_ilsvrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               classes: int) -> None:
+    run = tmp_path / "run"
+    fake_run(run)
+    params = json.loads((run / "params.json").read_text())
+    params["shards"]["classes"] = classes
+    (run / "params.json").write_text(json.dumps(params))
+    err = next(ax for ax in drawn_figure(run, monkeypatch).axes if ax.get_title() == "error")
+    levels = {round(line.get_ydata()[0], 1) for line in err.get_lines() if line.get_linestyle() == ":"
+              and len(line.get_ydata())}
+    assert levels == ({40.7, 18.2} if classes == 1000 else set())

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import paper
 from trainer import metrics
 from trainer.config import REASONS, flag, paper_differences
 
@@ -85,6 +86,10 @@ def plot(records: list[dict[str, Any]], path: Path, classes: int | None = None, 
             ax_err.plot([], [], " ", label="train error: not logged (the loop sums the loss only)")
         if classes:
             ax_err.axhline(100 * (1 - 1 / classes), ls="--", c="grey", lw=1, label="top-1 chance")
+        if classes == paper.NUM_CLASSES:  # ILSVRC: the paper's own result is the reference
+            for err, c in ((paper.VAL_TOP1_ERR, "C0"), (paper.VAL_TOP5_ERR, "C1")):
+                ax_err.axhline(100 * err, ls=":", c=c, lw=1.2)
+            ax_err.plot([], [], ls=":", c="k", label="paper, 1 CNN (Table 2: 40.7 / 18.2)")
         # An epoch record's lr is read after the scheduler's step at the epoch's end: the lr the next
         # epoch runs with, so it holds from that point on (a short run without interval records shows it).
         ax_lr.plot(x, [r["lr"] for r in epochs], "o-", drawstyle="steps-post",
