@@ -177,3 +177,23 @@ def test_tensorboard_tags_settings_and_hparams(sample_shards: Path, tmp_path: Pa
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     tags = {m.name.tag for m in experiment.experiment.metric_infos}
     assert tags >= {"error/val_top1", "error/ten_crop_top1"}
+
+
+def test_resumed_run_keeps_the_earlier_best(sample_shards: Path, tmp_path: Path, tiny: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best epoch before a stop stays best.pt when the resumed run's epochs are worse."""
+    from trainer import train
+
+    errs = iter([0.2, 0.5, 0.4])
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: {**real(*a, **k), "val_top1_err": next(errs)})
+    run = tmp_path / "run"
+    first = cli("--shards", str(sample_shards), "--out", str(run), *ARGS, "--epochs", "3", "--max-steps", "2")
+    assert first.exit_code == 0, first.output
+    before = torch.load(run / "best.pt", weights_only=True)
+    again = cli("--shards", str(sample_shards), "--out", str(run), *ARGS, "--epochs", "3", "--resume")
+    assert again.exit_code == 0, again.output
+    best = torch.load(run / "best.pt", weights_only=True)
+    final = torch.load(run / "final.pt", weights_only=True)
+    assert all(torch.equal(best[k], before[k]) for k in best)
+    assert not all(torch.equal(best[k], final[k]) for k in best)
