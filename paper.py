@@ -42,6 +42,8 @@ INIT_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")  # "constant 1"; all o
 # §6 (Results) / §4.1: test-time prediction averages the softmax over ten 224x224 patches:
 # the four corners and the centre, and their horizontal reflections.
 TEN_CROP = 10
+# §6, Table 2: one CNN's ILSVRC-2012 validation error, the figure a faithful single run aims at.
+VAL_TOP1_ERR, VAL_TOP5_ERR = 0.407, 0.182
 
 # §3.5 / Figure 2: the layer widths, split in two columns ("GPUs").
 NUM_CLASSES = 1000

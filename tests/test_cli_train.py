@@ -408,7 +408,7 @@ def test_eval_of_an_ensemble_reports_each_model_and_the_mean(demo_run: Path, sam
         assert member["val_samples"] == 16 and member["val_top1_err"] == single["val_top1_err"]
         assert member["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
     assert got["ensemble"]["val_samples"] == 16
-    text = CliRunner().invoke(eval_main, args)
+    text = CliRunner().invoke(eval_main, [*args, "--no-progress"])
     assert text.exit_code == 0, text.output
     lines = text.output.strip().splitlines()
     assert lines[0] == "16 images (centre crop), 2 models:"

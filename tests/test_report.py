@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from trainer.cli import report_main
@@ -101,3 +103,70 @@ def test_a_half_written_last_line_is_a_write_in_progress(tmp_path: Path) -> None
         f.write('{"kind": "train", "epo')
     result = CliRunner().invoke(report_main, [str(run)])
     assert result.exit_code == 0, result.output
+
+
+def drawn_figure(run: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run alexnet-report and keep the matplotlib figure it saves, to look at what it drew."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    saved: list[Figure] = []
+    real = Figure.savefig
+
+    def keep(self: Figure, *a: Any, **k: Any) -> Any:
+        saved.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    result = CliRunner().invoke(report_main, [str(run)])
+    assert result.exit_code == 0, result.output
+    return saved[0]
+
+
+def test_curves_title_panels_ticks_and_ten_crop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "demo-run"
+    fake_run(run, epochs=3, init="kaiming", batch_size=8)
+    fig = drawn_figure(run, monkeypatch)
+    title = fig._suptitle.get_text()
+    assert title.startswith("demo-run: ") and "--epochs 3" in title and "--init kaiming" in title
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(axes) == {"loss", "error", "learning rate", "speed"}
+    fig.canvas.draw()
+    for ax in axes.values():
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+    err = axes["error"]
+    labels = err.get_legend_handles_labels()[1]
+    assert any(label.startswith("train error: not logged") for label in labels)
+    # The 10-crop points sit beside the last centre-crop point (epoch 3), not on top of it.
+    stars = [c.get_offsets() for c in err.collections if len(c.get_offsets())]
+    assert stars and all(abs(o[0][0] - 3) > 0.1 for o in stars)
+    assert sorted(round(o[0][1], 2) for o in stars) == [0.0, 43.75]
+    # Throughput and data wait (on a twin axis) per epoch.
+    speed_lines = [line for ax in fig.axes for line in ax.get_lines()
+                   if line.get_label() in ("images/s (epoch)", "data wait (epoch)")]
+    assert len(speed_lines) == 2
+    assert list(speed_lines[0].get_ydata()) == [9.5, 10.5, 11.5]
+    assert list(speed_lines[1].get_ydata()) == [20.0, 20.0, 20.0]
+
+
+def test_curves_title_of_the_paper_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "paper"
+    fake_run(run)
+    assert drawn_figure(run, monkeypatch)._suptitle.get_text() == "paper: the paper's settings"
+
+
+@pytest.mark.parametrize("classes", [4, 1000])
+def test_paper_reference_lines_only_for_ilsvrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               classes: int) -> None:
+    run = tmp_path / "run"
+    fake_run(run)
+    params = json.loads((run / "params.json").read_text())
+    params["shards"]["classes"] = classes
+    (run / "params.json").write_text(json.dumps(params))
+    err = next(ax for ax in drawn_figure(run, monkeypatch).axes if ax.get_title() == "error")
+    levels = {round(line.get_ydata()[0], 1) for line in err.get_lines() if line.get_linestyle() == ":"
+              and len(line.get_ydata())}
+    assert levels == ({40.7, 18.2} if classes == 1000 else set())

@@ -15,6 +15,8 @@ import sys
 
 import click
 
+from tools import version
+
 DEFAULT_WORKERS = os.cpu_count() or 1
 # Checked by click before a command starts; = tools.shard.MAX_SEED (numpy takes any int >= 0, the cap
 # keeps the seed an int64 for every JSON reader of the manifest).
@@ -51,7 +53,7 @@ class _Prep(click.Group):
 
 
 @click.group(cls=_Prep, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option("0.1.0", prog_name="alexnet-prep")
+@version.option("alexnet-prep")
 def main() -> None:
     """Prepare ILSVRC for alexnet-repro: shards, index files, PCA lighting stats, checks.
 

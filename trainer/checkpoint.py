@@ -7,6 +7,11 @@ Layout of <run>/checkpoints/:
     step-00001234.json  {"step", "epoch", "batch", "sha256", "bytes", "time"}: written after the .pt
                         (completion marker), so a .pt without it is an unfinished write
 
+Beside it, <run>/best.pt (the weights of the epoch with the lowest centre-crop val top-1 error so
+far) and <run>/final.pt (after the last epoch): plain state dicts of trainer.model.AlexNet, 244 MB
+instead of a checkpoint's twice that with the momentum, for `torch.load(..., weights_only=True)`,
+alexnet-eval and `alexnet-train --init-from`.
+
 Both files go through tools.atomic (temp name in the same folder, fsync, os.replace). A failed
 write (a full disk) raises CheckpointWriteError and leaves neither a temp file nor a .pt without
 its marker; temp files of a killed write are removed by `remove_temp_files` at the run's next
@@ -35,12 +40,17 @@ from tools import atomic
 
 KEEP = 2  # the newest and one fallback
 DIRNAME = "checkpoints"
+BEST, FINAL = "best.pt", "final.pt"  # weights only, in the run folder
 NAME = re.compile(r"^step-(\d{8,})\.pt$")
 TEMP = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]+$")  # tools.atomic.temp_name
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or a file that is not a valid checkpoint."""
+
+
+class NotACheckpoint(CheckpointError):
+    """A readable torch file without a checkpoint's "model": perhaps weights alone (best.pt, final.pt)."""
 
 
 class CheckpointWriteError(CheckpointError):
@@ -82,6 +92,41 @@ def save(run_dir: str | Path, state: dict[str, Any], step: int, epoch: int, batc
     return path
 
 
+def save_weights(path: str | Path, model_state: dict[str, torch.Tensor]) -> Path:
+    """Write a model state dict alone (CPU tensors, so it loads on a machine without the run's GPUs)."""
+    path = Path(path)
+    weights = {k: v.detach().cpu() for k, v in model_state.items()}
+    try:
+        with atomic.atomic_write(str(path)) as f:
+            torch.save(weights, f)
+    except OSError as e:
+        raise CheckpointWriteError(f"{path}: could not write the weights ({e.strerror or e})") from e
+    return path
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A model state dict from a weights file (best.pt, final.pt) or from a full checkpoint (its
+    "model"); raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # as in _read: torch raises many kinds for a file that is not a torch.save
+        raise CheckpointError(f"{path}: not a readable weights file "
+                              f"({type(e).__name__}: {_first_line(e)})") from e
+    try:
+        check_not_torchvision(state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a model state dict (name -> tensor)")
+    return state
+
+
 def remove_temp_files(run_dir: str | Path) -> list[Path]:
     """Delete the temp files of writes a killed run left (tools.atomic names them `.<name>.tmp-*`) in
     the run folder and its checkpoints/; returns them. Only the run's lock holder may call this:
@@ -113,7 +158,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         return _read(Path(path), map_location)
     except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from e
+        raise type(e)(f"{path}: {e}") from e
 
 
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
@@ -136,9 +181,29 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, pickle/zip errors, EOFError... for bad files
         raise CheckpointError(f"not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from e
+    check_not_torchvision(state)
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError("not an alexnet-train checkpoint (no model state)")
+        raise NotACheckpoint("not an alexnet-train checkpoint (no model state)")
     return state
+
+
+# torchvision.models.alexnet follows the one-GPU "One weird trick" variant (Krizhevsky 2014), not
+# the 2012 paper's two columns: its tensors have other shapes, so no key mapping could load them.
+TORCHVISION = ("a torchvision AlexNet state dict (features.*, classifier.*), which cannot load here: "
+               "torchvision's is one column of 64/192/384/256/256 kernels with 61,100,840 parameters, the "
+               "paper's two columns of 2x48/2x128/2x192/2x192/2x128 with 60,965,224 (trainer/model.py)")
+
+
+def check_not_torchvision(state: Any) -> None:
+    """Raise CheckpointError (TORCHVISION) for a torchvision AlexNet state dict, bare or as the "model"
+    of a torchvision references checkpoint."""
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        return
+    keys = [k.removeprefix("module.") for k in state if isinstance(k, str)]  # DDP-saved ones too
+    if any(k.startswith("features.") for k in keys) and any(k.startswith("classifier.") for k in keys):
+        raise CheckpointError(TORCHVISION)
 
 
 def _first_line(e: Exception) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 import paper
+from tools import version
 from trainer.config import (
     AUGMENTS,
     INITS,
@@ -69,6 +70,7 @@ def _warnings_to_stderr() -> None:
 
 
 @click.command(context_settings=CONTEXT)
+@version.option("alexnet-train")
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
 @click.option("--out", default="runs/alexnet", help="Run folder: params, metrics, TensorBoard, checkpoints.")
 @click.option("--epochs", type=int, default=paper.EPOCHS, help="Passes over the training set (§5: ~90).")
@@ -133,12 +135,17 @@ def _warnings_to_stderr() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest good checkpoint.")
 @click.option("--note", default="",
               help="Why this run differs from the paper; kept in params.json and the report.")
-@click.option("--progress/--no-progress", default=True, help="tqdm progress bars.")
+@click.option("--progress/--no-progress", default=True,
+              help="tqdm progress bars (TQDM_DISABLE=1 turns them off too).")
+@click.option("--init-from", default="",
+              help="Start from these weights (a run's best.pt or final.pt, or a checkpoint): fine-tuning. "
+                   "With another class count fc8 starts fresh.")
 def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
          lr_policy: str, lr_patience: int, lr_threshold: float, lr_drops: int, lr_milestones: str | None,
          init: str, sgd: str, lrn: str, mean: str | None, devices: str | None, precision: str,
          channels_last: bool, compile_: bool, seed: int, log_every: int, checkpoint_every: int,
-         max_steps: int, ten_crop: bool, resume: bool, note: str, progress: bool, **switches: Any) -> None:
+         max_steps: int, ten_crop: bool, resume: bool, note: str, progress: bool, init_from: str,
+         **switches: Any) -> None:
     """Train AlexNet as in Krizhevsky et al. (2012), §5: SGD, batch 128, momentum 0.9, weight decay
     5e-4, lr 0.01 divided by 10 when the validation error stops improving, 90 epochs.
 
@@ -154,7 +161,8 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
                       precision=precision,
                       channels_last=channels_last, compile=compile_, seed=seed, log_every=log_every,
                       checkpoint_every=checkpoint_every, max_steps=max_steps, ten_crop=ten_crop,
-                      resume=resume, note=note, progress=progress, **switches)
+                      resume=resume, note=note, progress=progress, init_from=init_from,
+                      **switches)
     from pipeline import PipelineError
     from trainer.checkpoint import CheckpointError
 
@@ -174,17 +182,21 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
 
 
 @click.command(context_settings=CONTEXT)
+@version.option("alexnet-eval")
 @click.option("--checkpoint", "checkpoint_paths", required=True, multiple=True,
-              help="A checkpoint file (step-*.pt) or a run folder (its latest good checkpoint). Repeat it to "
-                   "evaluate an ensemble (§6): the mean of the models' softmax outputs.")
+              help="A checkpoint file (step-*.pt), a run's weights (best.pt, final.pt: the run's params.json "
+                   "must be beside them) or a run folder (its latest good checkpoint). Repeat it to evaluate "
+                   "an ensemble (§6): the mean of the models' softmax outputs.")
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the 10 patches of §6.")
 @click.option("--batch-size", type=int, default=paper.BATCH_SIZE, help="Evaluation batch (global).")
 @click.option("--devices", default=None, help="As for alexnet-train [default: as for alexnet-train].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="tf32", help="As for alexnet-train.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("--progress/--no-progress", default=True,
+              help="tqdm progress bar on stderr (TQDM_DISABLE=1 turns it off too).")
 def eval_main(checkpoint_paths: tuple[str, ...], shards: str, ten_crop: bool, batch_size: int,
-              devices: str | None, precision: str, as_json: bool) -> None:
+              devices: str | None, precision: str, as_json: bool, progress: bool) -> None:
     """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once.
     With several --checkpoint, each model's numbers and those of their ensemble (§6)."""
     from trainer import distributed, evaluate
@@ -194,7 +206,7 @@ def eval_main(checkpoint_paths: tuple[str, ...], shards: str, ten_crop: bool, ba
 
     try:
         result = evaluate.main(checkpoint_paths, shards, ten_crop=ten_crop, batch_size=batch_size,
-                               devices=_devices(devices), precision=precision)
+                               devices=_devices(devices), precision=precision, progress=progress)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     except PipelineError as e:
@@ -221,6 +233,7 @@ def _errors(result: dict[str, Any]) -> str:
 
 
 @click.command(context_settings=CONTEXT)
+@version.option("alexnet-report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--compare", is_flag=True,
               help="Compare the runs (the first is the baseline) in compare.md and compare.png, with the "
@@ -246,6 +259,7 @@ def report_main(runs: tuple[str, ...], compare: bool, out: str) -> None:
 
 
 @click.command(context_settings=CONTEXT)
+@version.option("alexnet-ablations")
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
 @click.option("--out", required=True, help="Folder for the runs (one sub-folder each) and compare.md/.png.")
 @click.option("--epochs", type=int, default=paper.EPOCHS, help="Epochs of every run (§5: ~90).")
@@ -263,6 +277,7 @@ def ablations_main(shards: str, out: str, epochs: int, print_only: bool, train_a
 
 
 @click.command(context_settings=CONTEXT)
+@version.option("alexnet-figures")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--shards", required=True, help="The shards the run trained on (val images, training set).")
 @click.option("--images", type=int, default=5,
@@ -290,6 +305,7 @@ def figures_main(run_dir: str, shards: str, images: int, max_train: int | None, 
 
 
 @click.group(context_settings=CONTEXT)
+@version.option("alexnet-bench")
 def bench_main() -> None:
     """Throughput benchmarks: the input pipeline alone (pipeline) and training (train)."""
 

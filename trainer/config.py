@@ -96,11 +96,13 @@ class TrainConfig:
     dropout: float = paper.DROPOUT  # §4.2: p on fc6 and fc7 outputs
     lighting: str = "paper01"  # §4.1 PCA lighting: "paper01", "cuda-convnet" or "off"
     augment: str = "full"  # §4.1: random crops + flips + lighting, or "none" (centre crop only)
+    init_from: str = ""  # weights file (best.pt, final.pt, a checkpoint) to start from: fine-tuning
 
     def __post_init__(self) -> None:
         if not self.mean:
             object.__setattr__(self, "mean", "image" if self.init == "paper" else "channel")
-        for name in ("shards", "out"):  # file:///x is the local /x; other URLs are refused by check()
+        # file:///x is the local /x; other URLs are refused by check()
+        for name in ("shards", "out", "init_from"):
             object.__setattr__(self, name, local_path(getattr(self, name)))
 
     def check(self, world_size: int = 1) -> None:
@@ -113,6 +115,8 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("shards", "out"):
             check_local(getattr(self, name), f"--{name}")
+        if self.init_from:
+            check_local(self.init_from, "--init-from")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"--seed must be in 0..{MAX_SEED} (2^63 - 1), got {self.seed}")
         if not self.lr > 0:
@@ -191,6 +195,7 @@ REASONS = {
     "dropout": "§4.2 ablation: dropout probability on fc6/fc7 differs from 0.5",
     "lighting": "§4.1 ablation: PCA lighting off, or cuda-convnet's variant",
     "augment": "§4.1 ablation: no augmentation (centre crop, no flip, no lighting)",
+    "init_from": "started from earlier weights (fine-tuning) instead of §5's initialisation",
 }
 
 

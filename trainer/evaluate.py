@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from pipeline.loader import PAD_LABEL
 from trainer import distributed
@@ -47,18 +48,26 @@ def unpack(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
     return images, labels, valid
 
 
+def progress_bar(loader: Iterable[Any], progress: bool) -> Iterable[Any]:
+    # disable= only when asked: tqdm reads TQDM_DISABLE as a default, which an explicit argument overrides.
+    return tqdm(loader, total=len(loader) if hasattr(loader, "__len__") else None, desc="eval", unit="batch",
+                dynamic_ncols=True, leave=False, **({} if progress else {"disable": True}))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str,
              autocast: AbstractContextManager | None = None, expected: int | None = None,
-             channels_last: bool = False) -> dict[str, float]:
+             channels_last: bool = False, progress: bool = False) -> dict[str, float]:
     """Evaluate `model` once over `loader`; ten-crop batches ([B, 10, 3, H, W]) average the softmax
-    over the patches, as §6 does. Returns val_loss, val_top1_err, val_top5_err, val_samples."""
+    over the patches, as §6 does. Returns val_loss, val_top1_err, val_top5_err, val_samples.
+
+    `progress`: a tqdm bar (batches) on stderr, which TQDM_DISABLE=1 still turns off."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
     # [loss sum, top-1 hits, top-5 hits, samples] stay on the device: no sync until the end.
     totals = torch.zeros(4, dtype=torch.float64, device=device)
-    for batch in loader:
+    for batch in progress_bar(loader, progress):
         images, labels, valid = unpack(batch)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True).long()
@@ -105,7 +114,7 @@ def _log_probs(model: nn.Module, images: Tensor, crops: int, autocast: AbstractC
 @torch.no_grad()
 def evaluate_ensemble(models: Sequence[nn.Module], loader: Iterable[Any], device: torch.device | str,
                       autocast: AbstractContextManager | None = None, expected: int | None = None,
-                      channels_last: bool = False) -> dict[str, Any]:
+                      channels_last: bool = False, progress: bool = False) -> dict[str, Any]:
     """§6: "averaging the predictions of five similar CNNs". One pass over `loader`; each batch goes
     through every model, and the ensemble's prediction is the mean of their softmax outputs (each
     already averaged over the ten patches when the batches are ten-crop ones).
@@ -118,7 +127,7 @@ def evaluate_ensemble(models: Sequence[nn.Module], loader: Iterable[Any], device
         m.eval()
     # One row of [loss sum, top-1 hits, top-5 hits, samples] per model, the last row the ensemble's.
     totals = torch.zeros(len(models) + 1, 4, dtype=torch.float64, device=device)
-    for batch in loader:
+    for batch in progress_bar(loader, progress):
         images, labels, valid = unpack(batch)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True).long()
@@ -152,6 +161,22 @@ def evaluate_ensemble(models: Sequence[nn.Module], loader: Iterable[Any], device
     return {"members": rows[:-1], "ensemble": rows[-1]}
 
 
+def weights_state(path: Any) -> dict[str, Any]:
+    """A weights-only file (a run's best.pt or final.pt) as a checkpoint-like state: the settings the
+    model needs (LRN variant, switches, input normalisation) come from the run's params.json beside it."""
+    from trainer import checkpoint, train
+    from trainer.config import ConfigError
+
+    weights = checkpoint.load_weights(path)
+    if not (path.parent / train.PARAMS).exists():
+        raise ConfigError(f"--checkpoint: {path} holds weights only, and {path.parent / train.PARAMS} (the "
+                          "run's LRN and input normalisation) is not beside it")
+    if "fc8.weight" not in weights:
+        raise ConfigError(f"--checkpoint: {path} is not an AlexNet state dict (no fc8.weight)")
+    return {"model": weights, "config": train.read_params(path.parent)["config"],
+            "num_classes": weights["fc8.weight"].shape[0]}
+
+
 def load_checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint file (step-*.pt), or a run folder's latest good checkpoint. Raises ConfigError."""
     from pathlib import Path
@@ -165,13 +190,16 @@ def load_checkpoint(path: str) -> dict[str, Any]:
             if found is None:
                 raise ConfigError(f"--checkpoint: {path} holds no checkpoint")
             return found[0]
-        return checkpoint.load(Path(path))
+        try:
+            return checkpoint.load(Path(path))
+        except checkpoint.NotACheckpoint:  # a run's best.pt / final.pt
+            return weights_state(Path(path))
     except checkpoint.CheckpointError as e:
         raise ConfigError(f"--checkpoint: {e}") from e
 
 
 def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = False, batch_size: int = 128,
-         devices: tuple[str, ...] = (), precision: str = "tf32") -> dict[str, Any]:
+         devices: tuple[str, ...] = (), precision: str = "tf32", progress: bool = True) -> dict[str, Any]:
     """`alexnet-eval`: load a checkpoint (file, or a run folder's latest good one) onto `devices`,
     whatever placement it was trained on, and evaluate it on the val shards. Raises ConfigError.
 
@@ -227,16 +255,22 @@ def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = Fal
     try:
         autocast = train.set_precision(precision)
         models = []
-        for st, sv in zip(states, saves, strict=True):
+        for source, st, sv in zip(paths, states, saves, strict=True):
             # The run's own architecture switches; the one-column net takes the replica's first device.
             model = AlexNet(num_classes=st["num_classes"], devices=devices if sv.columns > 1 else devices[:1],
                             lrn_variant=sv.lrn, **train.model_args(sv))
-            model.load_state_dict(st["model"])
+            try:
+                model.load_state_dict(st["model"])
+            except RuntimeError as e:  # torch lists every missing/unexpected key: the first line says enough
+                raise ConfigError(f"--checkpoint: {source} does not fit trainer.model.AlexNet "
+                                  f"({str(e).strip().splitlines()[0][:200]})") from None
             models.append(model)
         expected = manifest["splits"]["val"]["samples"]
         if len(models) == 1:
-            return evaluate(models[0], loader, device, autocast(device), expected=expected)
-        result = evaluate_ensemble(models, loader, device, autocast(device), expected=expected)
+            return evaluate(models[0], loader, device, autocast(device), expected=expected,
+                            progress=progress and world.main)
+        result = evaluate_ensemble(models, loader, device, autocast(device), expected=expected,
+                                   progress=progress and world.main)
         for path, member in zip(paths, result["members"], strict=True):
             member["checkpoint"] = path
         return result

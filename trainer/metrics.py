@@ -8,7 +8,8 @@ metrics.jsonl holds one record per line, each with a "kind":
     {"kind": "final", "epoch", "step", "ten_crop_loss", "ten_crop_top1_err", ...}    after the last epoch
     {"kind": "resume", "step", "epoch", "batch", "checkpoint"}                        when a run continues
 
-"step" counts optimizer steps since the start of the run; "epoch" starts at 0.
+"step" counts optimizer steps since the start of the run; "epoch" starts at 0. TensorBoard (<run>/tb)
+gets the numbers a reader plots (TB_TAGS), against "step", and the run's settings (RunLog.settings).
 """
 
 from __future__ import annotations
@@ -29,6 +30,28 @@ METRICS = "metrics.jsonl"
 T = TypeVar("T")
 
 
+# What TensorBoard shows: (record kind, key) -> tag. Grouped by what a reader compares (train vs val
+# loss on one card, centre vs 10-crop error on another); counts that never change (val_samples) and
+# resume bookkeeping stay in metrics.jsonl only.
+TB_TAGS = {
+    ("train", "loss"): "loss/train_interval",
+    ("train", "images_per_s"): "speed/images_per_s_interval",
+    ("train", "data_wait"): "speed/data_wait_interval",
+    ("epoch", "train_loss"): "loss/train",
+    ("epoch", "val_loss"): "loss/val",
+    ("epoch", "val_top1_err"): "error/val_top1",
+    ("epoch", "val_top5_err"): "error/val_top5",
+    ("epoch", "images_per_s"): "speed/images_per_s",
+    ("epoch", "data_wait"): "speed/data_wait",
+    ("epoch", "epoch_s"): "speed/epoch_s",
+    ("epoch", "lr"): "lr",  # the schedulers step once per epoch: the train records' lr adds nothing
+    ("final", "ten_crop_loss"): "loss/ten_crop",
+    ("final", "ten_crop_top1_err"): "error/ten_crop_top1",
+    ("final", "ten_crop_top5_err"): "error/ten_crop_top5",
+}
+HPARAM_METRICS = ("error/val_top1", "error/val_top5", "error/ten_crop_top1", "loss/val")
+
+
 class RunLog:
     """Appends records to <run>/metrics.jsonl and mirrors the numbers to TensorBoard (rank 0 only)."""
 
@@ -47,8 +70,31 @@ class RunLog:
         self.file.flush()
         step = record.get("step", 0)
         for key, value in record.items():
-            if key not in ("kind", "step", "epoch") and isinstance(value, int | float):
-                self.tb.add_scalar(f"{record['kind']}/{key}", value, step)
+            tag = TB_TAGS.get((record["kind"], key))
+            if tag and isinstance(value, int | float):
+                self.tb.add_scalar(tag, value, step)
+
+    def settings(self, params: dict[str, Any], differences: list[tuple[str, Any, Any]], step: int) -> None:
+        """The run's settings for TensorBoard: the HParams dashboard (config values, against the
+        HPARAM_METRICS scalars of this same run) and a text card with the config, the settings that
+        differ from the paper, git revision, data and machine."""
+        from torch.utils.tensorboard.summary import hparams
+
+        config = params["config"]
+        flat = {k: v if isinstance(v, bool | int | float | str) else json.dumps(v) for k, v in config.items()}
+        # SummaryWriter.add_hparams would write them into a new sub-run; the summaries themselves, written
+        # to this run's file, put the settings next to this run's own curves.
+        writer = self.tb._get_file_writer()
+        for summary in hparams(flat, dict.fromkeys(HPARAM_METRICS, 0.0)):
+            writer.add_summary(summary)
+        where = {k: params.get(k) for k in ("shards", "world_size", "devices", "machine")}
+        rows = "\n".join(f"| {k} | {v} | {d} |" for k, v, d in differences) or "| (none) | | |"
+        text = (f"**Differs from the paper**\n\n| option | here | paper |\n|---|---|---|\n{rows}\n\n"
+                f"**Note:** {config.get('note') or '-'}\n\n**git:** {params.get('git')}\n\n"
+                f"**Settings**\n\n```\n{json.dumps(config, indent=1, sort_keys=True)}\n```\n\n"
+                f"**Data and machine**\n\n```\n{json.dumps(where, indent=1)}\n```")
+        self.tb.add_text("settings", text, step)
+        self.tb.flush()
 
     def close(self) -> None:
         self.file.close()

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import paper
 from trainer import metrics
 from trainer.config import REASONS, flag, paper_differences
 
@@ -46,51 +47,101 @@ def load(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return params, records
 
 
-def plot(records: list[dict[str, Any]], path: Path, classes: int | None = None) -> None:
+def plot(records: list[dict[str, Any]], path: Path, classes: int | None = None, title: str = "") -> None:
+    """Four panels against epochs: loss (train and val), error (val; train error is not logged:
+    the loop sums only the loss, so the panel says so), learning rate, and speed (images/s with
+    the share of time spent waiting for data)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     train = [r for r in records if r["kind"] == "train"]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    fig, (ax_loss, ax_err, ax_lr) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    fig, ((ax_loss, ax_err), (ax_lr, ax_speed)) = plt.subplots(2, 2, figsize=(13, 8.5),
+                                                               constrained_layout=True)
+    if title:
+        fig.suptitle(title, fontsize=11)
     # Loss against epochs (fractional for the per-step records) so train and val share an axis.
     steps_per_epoch = _steps_per_epoch(epochs)
+
+    def at(rs: list[dict[str, Any]]) -> list[float]:
+        return [r["step"] / steps_per_epoch for r in rs] if steps_per_epoch else [r["step"] for r in rs]
+
     if train:
-        x = [r["step"] / steps_per_epoch for r in train] if steps_per_epoch else [r["step"] for r in train]
-        ax_loss.plot(x, [r["loss"] for r in train], lw=0.8, alpha=0.7, label="train (per log interval)")
+        ax_loss.plot(at(train), [r["loss"] for r in train], lw=0.8, alpha=0.7,
+                     label="train (per log interval)")
     if epochs:
         x = [r["epoch"] + 1 for r in epochs]
         ax_loss.plot(x, [r["train_loss"] for r in epochs], "s-", label="train (epoch mean)")
         ax_loss.plot(x, [r["val_loss"] for r in epochs], "o-", label="val (centre crop)")
-        ax_err.plot(x, [100 * r["val_top1_err"] for r in epochs], "o-", label="top-1")
-        ax_err.plot(x, [100 * r["val_top5_err"] for r in epochs], "o-", label="top-5")
+        for k, c in (("1", "C0"), ("5", "C1")):
+            ax_err.plot(x, [100 * r[f"val_top{k}_err"] for r in epochs], "o-", c=c,
+                        label=f"val top-{k} (centre crop)")
+        if "train_top1_err" in epochs[0]:
+            ax_err.plot(x, [100 * r["train_top1_err"] for r in epochs], "s--", c="C0", alpha=0.6,
+                        label="train top-1")
+        else:
+            ax_err.plot([], [], " ", label="train error: not logged (the loop sums the loss only)")
         if classes:
             ax_err.axhline(100 * (1 - 1 / classes), ls="--", c="grey", lw=1, label="top-1 chance")
-        # the lr an epoch ran with, so a short run without per-interval records still shows it
-        ax_lr.plot(x, [r["lr"] for r in epochs], "o", drawstyle="steps-post", label="per epoch")
+        if classes == paper.NUM_CLASSES:  # ILSVRC: the paper's own result is the reference
+            for err, c in ((paper.VAL_TOP1_ERR, "C0"), (paper.VAL_TOP5_ERR, "C1")):
+                ax_err.axhline(100 * err, ls=":", c=c, lw=1.2)
+            ax_err.plot([], [], ls=":", c="k", label="paper, 1 CNN (Table 2: 40.7 / 18.2)")
+        # An epoch record's lr is read after the scheduler's step at the epoch's end: the lr the next
+        # epoch runs with, so it holds from that point on (a short run without interval records shows it).
+        ax_lr.plot(x, [r["lr"] for r in epochs], "o-", drawstyle="steps-post",
+                   label="set at each epoch's end")
         ax_lr.set_yscale("log")
+        ax_speed.plot(x, [r["images_per_s"] for r in epochs], "o-", c="C2", label="images/s (epoch)")
+        ax_wait = ax_speed.twinx()
+        ax_wait.plot(x, [100 * r["data_wait"] for r in epochs], "s--", c="C3", label="data wait (epoch)")
+        ax_wait.set_ylabel("data wait, % of the epoch")
+        ax_wait.set_ylim(0, 100)
+        ax_wait.yaxis.set_major_formatter(PercentFormatter())
+        ax_speed.set_ylim(bottom=0)
+        h1, l1 = ax_speed.get_legend_handles_labels()
+        h2, l2 = ax_wait.get_legend_handles_labels()
+        ax_speed.legend(h1 + h2, l1 + l2, loc="lower right")
     final = next((r for r in reversed(records) if r["kind"] == "final"), None)
     if final and epochs:
-        ax_err.scatter([epochs[-1]["epoch"] + 1] * 2,
-                       [100 * final["ten_crop_top1_err"], 100 * final["ten_crop_top5_err"]],
-                       marker="*", s=120, c="k", zorder=3, label="10-crop (§6)")
+        # Beside the last centre-crop points, not on them: hollow stars a quarter epoch to the right.
+        x10 = epochs[-1]["epoch"] + 1.25
+        for key, c in (("ten_crop_top1_err", "C0"), ("ten_crop_top5_err", "C1")):
+            ax_err.scatter([x10], [100 * final[key]], marker="*", s=160, facecolors="none", edgecolors=c,
+                           linewidths=1.5, zorder=3)
+            ax_err.annotate(f"{100 * final[key]:.1f}", (x10, 100 * final[key]), xytext=(7, -3),
+                            textcoords="offset points", fontsize=8, color=c)
+        ax_err.scatter([], [], marker="*", s=160, facecolors="none", edgecolors="k",
+                       label="10-crop, final (§6)")
+        ax_err.set_xlim(right=x10 + 0.6)
     if train:
-        x = [r["step"] / steps_per_epoch for r in train] if steps_per_epoch else [r["step"] for r in train]
-        ax_lr.plot(x, [r["lr"] for r in train], drawstyle="steps-post", label="per log interval")
+        # A train record's lr is the one its interval's steps ran with: it holds back to the previous record.
+        ax_lr.plot(at(train), [r["lr"] for r in train], drawstyle="steps-pre", label="per log interval")
         ax_lr.set_yscale("log")
     xlabel = "epoch" if steps_per_epoch or not train else "step"
-    for ax, title, ylabel in ((ax_loss, "loss", "cross-entropy"), (ax_err, "validation error", "%"),
-                              (ax_lr, "learning rate", "lr")):
-        ax.set_title(title)
+    for ax, name, ylabel in ((ax_loss, "loss", "cross-entropy"), (ax_err, "error", "%"),
+                             (ax_lr, "learning rate", "lr"), (ax_speed, "speed", "images/s")):
+        ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax is not ax_speed and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def title(params: dict[str, Any], run_name: str) -> str:
+    """The figure's title: the run, and its settings that differ from the paper's (wrapped)."""
+    import textwrap
+
+    diffs = [_option(name, value) for name, value, _ in paper_differences(params["config"])]
+    head = f"{run_name}: " + (", ".join(diffs) if diffs else "the paper's settings")
+    return "\n".join(textwrap.wrap(head, 150))
 
 
 def _steps_per_epoch(epochs: list[dict[str, Any]]) -> float | None:
@@ -175,7 +226,7 @@ def report(run_dir: str | Path) -> tuple[Path, Path]:
     tmp = run / f".{CURVES}.tmp.png"
     try:
         text = summary(params, records, run.name)
-        plot(records, tmp, classes=params["shards"].get("classes"))
+        plot(records, tmp, classes=params["shards"].get("classes"), title=title(params, run.name))
     except (KeyError, TypeError, ValueError) as e:  # a record or setting of the wrong shape
         tmp.unlink(missing_ok=True)
         raise ReportError(f"{run}: params.json or metrics.jsonl lacks or garbles a field "

@@ -47,7 +47,7 @@ from tools import atomic
 from tools import manifest as manifest_lib
 from tools.lock import RunLock, RunLockedError
 from trainer import checkpoint, distributed, metrics, optim
-from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag
+from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag, paper_differences
 from trainer.evaluate import evaluate
 from trainer.model import AlexNet
 
@@ -89,6 +89,7 @@ class Plan:
     resumed_by_restart: bool = False
     # The folder holds an attempt killed before its first checkpoint: start at step 0 over its logs.
     restart_empty: bool = False
+    init_weights: dict[str, Tensor] | None = None  # --init-from's state dict, read before any write
 
 
 def own_gpus(world: distributed.World) -> bool:
@@ -169,7 +170,13 @@ def prepare(cfg: TrainConfig, world: distributed.World | None = None) -> Plan:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file")
-    return Plan(cfg, world, devices, m, len(m["classes"]))
+    init_weights = None
+    if cfg.init_from and not cfg.resume:  # a resumed run continues from its checkpoint instead
+        try:
+            init_weights = checkpoint.load_weights(cfg.init_from)
+        except checkpoint.CheckpointError as e:
+            raise ConfigError(f"--init-from: {e}") from e
+    return Plan(cfg, world, devices, m, len(m["classes"]), init_weights=init_weights)
 
 
 def shards_identity(plan: Plan) -> dict[str, Any]:
@@ -319,6 +326,32 @@ def build_model(cfg: TrainConfig, num_classes: int, devices: tuple[str, ...]) ->
     return model
 
 
+def load_init_weights(model: nn.Module, weights: dict[str, Tensor], source: str) -> str | None:
+    """Copy --init-from's weights into a freshly built `model` (fine-tuning). When only the last
+    layer's shapes differ (another class count), that layer keeps its fresh initialisation; the
+    returned line says so. Any other difference raises ConfigError naming the first one."""
+    own = model.state_dict()
+    head = next(reversed(own)).rsplit(".", 1)[0]  # the classifier: "fc8" in AlexNet
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    if missing or extra:
+        raise ConfigError(f"--init-from: {source} does not fit this model ("
+                          + ", ".join(filter(None, [f"missing {missing[0]}" if missing else "",
+                                                    f"unexpected {extra[0]}" if extra else ""]))
+                          + f"; {len(missing)} missing, {len(extra)} unexpected keys)")
+    differ = [k for k in own if weights[k].shape != own[k].shape]
+    if any(k.rsplit(".", 1)[0] != head for k in differ):
+        k = next(k for k in differ if k.rsplit(".", 1)[0] != head)
+        raise ConfigError(f"--init-from: {source}: {k} has shape {tuple(weights[k].shape)}, "
+                          f"this model's is {tuple(own[k].shape)}")
+    model.load_state_dict({k: (own[k] if k in differ else weights[k]) for k in own})
+    if not differ:
+        return None
+    classes = weights[differ[0]].shape[0]
+    return (f"--init-from: {source} has {classes} classes, these shards {own[differ[0]].shape[0]}: "
+            f"{head} is replaced by a freshly initialised layer, every other layer is loaded")
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """Weight decay covers every parameter of the paper's net, biases included: §5's rule names no
     exception. BatchNorm's scale and shift (--norm batch) are not decayed: LRN, which they replace,
@@ -441,8 +474,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     wait = metrics.DataWait()
     pos.pending = pos.pending.to(device)
     images_done, t_log, wait_log = 0, time.perf_counter(), 0.0
-    bar = tqdm(total=total, initial=pos.batch, desc=f"epoch {pos.epoch}", disable=not progress,
-               dynamic_ncols=True, leave=False)
+    # disable= only when asked: tqdm reads TQDM_DISABLE as a default, which an explicit argument overrides.
+    bar = tqdm(total=total, initial=pos.batch, desc=f"epoch {pos.epoch}", dynamic_ncols=True, leave=False,
+               **({} if progress else {"disable": True}))
     try:
         for images, labels in wait.wrap(loader):
             images, labels = to_device(images, labels, device, channels_last)
@@ -495,7 +529,7 @@ def git_revision() -> str:
     return (rev or "unknown") + ("-dirty" if dirty else "")
 
 
-def write_params(plan: Plan, resumed: bool) -> None:
+def write_params(plan: Plan, resumed: bool) -> dict[str, Any]:
     m = plan.manifest
     params = {
         "config": plan.cfg.to_dict(),
@@ -513,6 +547,7 @@ def write_params(plan: Plan, resumed: bool) -> None:
         "time": time.time(),
     }
     atomic.write_json(str(Path(plan.cfg.out) / PARAMS), params)
+    return params
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -670,6 +705,10 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
         model = build_model(cfg, plan.num_classes, devices)
         optimizer = make_optimizer(cfg, model)
         scheduler = make_scheduler(cfg, optimizer)
+        if state is None and plan.init_weights is not None:
+            said = load_init_weights(unwrap(model), plan.init_weights, cfg.init_from)
+            if said and world.main:
+                tqdm.write(said, file=sys.stderr)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -692,8 +731,9 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
             if state is None and resumed:
                 warnings.warn(f"{out} holds a run stopped before its first checkpoint: starting it again "
                               "from step 0", stacklevel=1)
-            write_params(plan, resumed=state is not None)
+            params = write_params(plan, resumed=state is not None)
             run_log = metrics.RunLog(out, purge_step=pos.step + 1 if resumed else None)
+            run_log.settings(params, paper_differences(params["config"]), pos.step)
             if state is not None:
                 tqdm.write(f"resuming {out} from {plan.resume_from[1]} (step {pos.step}, epoch {pos.epoch}, "
                            f"batch {pos.batch} of it); logs in {out / metrics.METRICS}", file=sys.stderr)
@@ -740,6 +780,10 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
             return evaluate(model, val_loader(ten_crop), device, autocast(device),
                             plan.manifest["splits"]["val"]["samples"], cfg.channels_last)
 
+        # best.pt follows the lowest centre-crop val top-1 error; a resumed run knows the past
+        # epochs' from metrics.jsonl (already cut back to its checkpoint above).
+        best = min((r["val_top1_err"] for r in metrics.read(out) if r["kind"] == "epoch"),
+                   default=math.inf) if world.main else math.inf
         last: dict[str, Any] = {}
         while pos.epoch < cfg.epochs:
             if mid_epoch:
@@ -765,6 +809,9 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
                            f"{val['val_top1_err']:.4f}, top-5 err {val['val_top5_err']:.4f}, "
                            f"{last['images_per_s']:.0f} img/s, data wait {train['data_wait']:.0%}",
                            file=sys.stderr)
+            if world.main and val["val_top1_err"] < best:
+                best = val["val_top1_err"]
+                checkpoint.save_weights(out / checkpoint.BEST, unwrap(model).state_dict())
             pos.epoch, pos.batch, pos.loss_sum, pos.samples = pos.epoch + 1, 0, 0.0, 0.0
             save()
             signum = stop.requested(world, device)
@@ -772,6 +819,11 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
                 raise Interrupted(signum, pos.step, cfg.out)
             if cfg.max_steps and pos.step >= cfg.max_steps and pos.epoch < cfg.epochs:
                 raise StopRun
+        if world.main:
+            checkpoint.save_weights(out / checkpoint.FINAL, unwrap(model).state_dict())
+            tqdm.write(f"weights: {out / checkpoint.FINAL} (last epoch), {out / checkpoint.BEST} (lowest val "
+                       f"top-1 error, {best:.4f}); full checkpoints in {checkpoint.folder(out)}",
+                       file=sys.stderr)
         if cfg.ten_crop:
             ten = validate(True)
             final = {"kind": "final", "epoch": pos.epoch - 1, "step": pos.step,
