@@ -119,3 +119,18 @@ def test_compare_garbled_metrics_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {tmp_path / 'b'}: params.json or metrics.jsonl lacks or garbles")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_setting_added_later_is_no_difference(tmp_path: Path) -> None:
+    """A run made before a setting existed (no `init_from` in its params.json) against one that
+    records its default: the same run, so the claim stands without "differ too"."""
+    base, lrn = tmp_path / "baseline", tmp_path / "no-lrn"
+    fake_run(base, 0.40, 0.20)
+    params = json.loads((base / "params.json").read_text())
+    del params["config"]["init_from"]
+    (base / "params.json").write_text(json.dumps(params))
+    fake_run(lrn, 0.43, 0.22, switches={"norm": "none"})
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(report_main, ["--compare", str(base), str(lrn), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert rows_of((out / "compare.md").read_text())["no-lrn"][12] == "§3.3: +1.4 / +1.2"

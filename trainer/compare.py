@@ -9,12 +9,13 @@ network.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paper
-from trainer.config import paper_differences
+from trainer.config import TrainConfig, paper_differences
 from trainer.report import ReportError, _option, _pct, load
 
 COMPARE_MD = "compare.md"
@@ -64,6 +65,16 @@ class Row:
     gap: float | None  # last epoch's val loss minus train loss: §4.1/§4.2's "overfitting" has no figure
 
 
+def _defaults() -> dict[str, Any]:
+    """TrainConfig's defaults as params.json spells them (tuples as lists), for the settings an older
+    run does not record: a setting added later must not read as a difference between two runs."""
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
+
+
 def switches(config: dict[str, Any]) -> dict[str, Any]:
     """The paper's switches of a run's config, defaults for those it does not record."""
     return {k: config.get(k, default) for k, default in SWITCHES.items()}
@@ -86,7 +97,8 @@ def row(run_dir: str | Path) -> Row:
     best = min(epochs, key=lambda r: r["val_top1_err"]) if epochs else None
     speeds = sorted(r["images_per_s"] for r in epochs)
     return Row(name=run.name, switches=sw,
-               settings={k: v for k, v in config.items() if k not in IGNORED and k not in SWITCHES},
+               settings={k: v for k, v in {**_defaults(), **config}.items()
+                         if k not in IGNORED and k not in SWITCHES},
                differences=diffs, top1=last.get("val_top1_err"), top5=last.get("val_top5_err"),
                ten_top1=final.get("ten_crop_top1_err") if final else None,
                ten_top5=final.get("ten_crop_top5_err") if final else None,
