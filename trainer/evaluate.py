@@ -68,27 +68,9 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
     # [loss sum, top-1 hits, top-5 hits, samples] stay on the device: no sync until the end.
     totals = torch.zeros(4, dtype=torch.float64, device=device)
     for batch in progress_bar(loader, progress):
-        images, labels, valid = unpack(batch)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True).long()
-        crops = images.shape[1] if images.dim() == 5 else 0
-        if crops:
-            images = images.flatten(0, 1)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
-            logits = model(images)
-        logits = logits.float().to(device)
-        if crops:
-            # §6: "averaging the predictions made by the softmax layer on the ten patches".
-            log_probs = F.softmax(logits, 1).view(-1, crops, logits.shape[1]).mean(1).log()
-        else:
-            log_probs = F.log_softmax(logits, 1)
-        w = valid.to(device).to(torch.float32)
-        labels = labels.masked_fill(w == 0, 0)  # padding: any class, weighted 0
-        loss = F.nll_loss(log_probs, labels, reduction="none")
-        hits = correct_topk(log_probs, labels, TOPK)
-        totals += torch.stack([(loss * w).sum(), (hits[0] * w).sum(), (hits[1] * w).sum(), w.sum()]).double()
+        images, labels, w, crops = _on_device(batch, device, channels_last)
+        # §6: "averaging the predictions made by the softmax layer on the ten patches".
+        totals += _sums(_log_probs(model, images, crops, autocast, device), labels, w)
     distributed.all_reduce_sum(totals)
     loss_sum, top1, top5, n = totals.tolist()
     model.train(was_training)
@@ -98,6 +80,28 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
     n = max(n, 1.0)
     return {"val_loss": loss_sum / n, "val_top1_err": 1 - top1 / n, "val_top5_err": 1 - top5 / n,
             "val_samples": int(totals[3].item())}
+
+
+def _on_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(images, labels, weights, crops): ten-crop batches flattened to [B*10, ...], padding labelled 0
+    with weight 0."""
+    images, labels, valid = unpack(batch)
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True).long()
+    crops = images.shape[1] if images.dim() == 5 else 0
+    if crops:
+        images = images.flatten(0, 1)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    w = valid.to(device).to(torch.float32)
+    return images, labels.masked_fill(w == 0, 0), w, crops
+
+
+def _sums(log_probs: Tensor, labels: Tensor, w: Tensor) -> Tensor:
+    """[loss sum, top-1 hits, top-5 hits, samples] of one batch, padding weighted 0."""
+    loss = F.nll_loss(log_probs, labels, reduction="none")
+    hits = correct_topk(log_probs, labels, TOPK)
+    return torch.stack([(loss * w).sum(), (hits[0] * w).sum(), (hits[1] * w).sum(), w.sum()]).double()
 
 
 def _log_probs(model: nn.Module, images: Tensor, crops: int, autocast: AbstractContextManager | None,
@@ -128,24 +132,12 @@ def evaluate_ensemble(models: Sequence[nn.Module], loader: Iterable[Any], device
     # One row of [loss sum, top-1 hits, top-5 hits, samples] per model, the last row the ensemble's.
     totals = torch.zeros(len(models) + 1, 4, dtype=torch.float64, device=device)
     for batch in progress_bar(loader, progress):
-        images, labels, valid = unpack(batch)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True).long()
-        crops = images.shape[1] if images.dim() == 5 else 0
-        if crops:
-            images = images.flatten(0, 1)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images, labels, w, crops = _on_device(batch, device, channels_last)
         members = torch.stack([_log_probs(m, images, crops, autocast, device) for m in models])
         # log of the mean probability, without leaving log space: logsumexp - log(number of models)
         mean = torch.logsumexp(members, 0) - math.log(len(models))
-        w = valid.to(device).to(torch.float32)
-        labels = labels.masked_fill(w == 0, 0)  # padding: any class, weighted 0
         for row, log_probs in enumerate([*members, mean]):
-            loss = F.nll_loss(log_probs, labels, reduction="none")
-            hits = correct_topk(log_probs, labels, TOPK)
-            totals[row] += torch.stack([(loss * w).sum(), (hits[0] * w).sum(), (hits[1] * w).sum(),
-                                        w.sum()]).double()
+            totals[row] += _sums(log_probs, labels, w)
     distributed.all_reduce_sum(totals)
     for m, training in zip(models, was_training, strict=True):
         m.train(training)
