@@ -332,6 +332,14 @@ def test_both_copies_are_issued_before_either_column_runs(monkeypatch, split_mod
     ]
 
 
+def assert_inverted_dropout(relu: torch.Tensor, got: torch.Tensor) -> None:
+    """Inverted dropout: each live unit is zeroed or scaled by 1 / (1 - p) = 2, about half kept."""
+    alive = relu > 0
+    kept = got[alive] != 0
+    assert 0.4 < kept.float().mean().item() < 0.6
+    assert torch.allclose(got[alive][kept], relu[alive][kept] / (1 - paper.DROPOUT))
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_dropout_on_fc6_and_fc7_outputs_in_training_only(split_model, images, train) -> None:
     model = split_model
@@ -345,12 +353,8 @@ def test_dropout_on_fc6_and_fc7_outputs_in_training_only(split_model, images, tr
             if not train:
                 assert torch.equal(got, relu)
                 continue
-            # Inverted dropout: each unit is zeroed or scaled by 1 / (1 - p) = 2.
-            alive = relu > 0
-            kept = got[alive] != 0
-            assert 0.4 < kept.float().mean().item() < 0.6
-            assert torch.allclose(got[alive][kept], relu[alive][kept] / (1 - paper.DROPOUT))
-            assert torch.all(got[~alive] == 0)
+            assert_inverted_dropout(relu, got)
+            assert torch.all(got[~(relu > 0)] == 0)
         if train and layer == "fc6":
             # Each column drops its own units once, before the exchange: both fc7 halves see one mask.
             assert torch.equal(seen["fc7.0:in"], seen["fc7.1:in"])
@@ -373,10 +377,8 @@ def test_grouped_dropout_is_inverted_dropout_over_both_columns(model, images, tr
         if not train:
             assert torch.equal(got, relu)
             continue
+        assert_inverted_dropout(relu, got)
         alive = relu > 0
-        kept = got[alive] != 0
-        assert 0.4 < kept.float().mean().item() < 0.6
-        assert torch.allclose(got[alive][kept], relu[alive][kept] / (1 - paper.DROPOUT))
         for half, half_alive in zip(got.chunk(2, dim=1), alive.chunk(2, dim=1)):  # each column's units
             assert 0.35 < (half[half_alive] != 0).float().mean().item() < 0.65
 
