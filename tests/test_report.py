@@ -170,3 +170,18 @@ def test_paper_reference_lines_only_for_ilsvrc(tmp_path: Path, monkeypatch: pyte
     levels = {round(line.get_ydata()[0], 1) for line in err.get_lines() if line.get_linestyle() == ":"
               and len(line.get_ydata())}
     assert levels == ({40.7, 18.2} if classes == 1000 else set())
+
+
+def test_curves_draw_the_train_error_beside_the_val_error(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    fake_run(run, epochs=3)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        if r["kind"] == "epoch":
+            r["train_top1_err"] = 0.5 - 0.1 * r["epoch"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    err = next(ax for ax in drawn_figure(run, monkeypatch).axes if ax.get_title() == "error")
+    (line,) = [ln for ln in err.get_lines() if ln.get_label().startswith("train top-1")]
+    assert list(line.get_xdata()) == [1, 2, 3]
+    assert [round(y, 6) for y in line.get_ydata()] == [50.0, 40.0, 30.0]

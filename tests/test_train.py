@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import paper
+from pipeline.loader import PAD_LABEL
 from tests import fakes
 from trainer import checkpoint, distributed, metrics, train
 from trainer.config import REASONS, ConfigError, TrainConfig, paper_differences
@@ -52,8 +53,36 @@ def test_resume_mid_epoch_equals_uninterrupted(sample_shards: Path, tmp_path: Pa
     assert resumed["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-6)
     assert resumed["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-6)  # the whole epoch's
     assert resumed["val_top1_err"] == whole["val_top1_err"]
+    assert resumed["train_top1_err"] == whole["train_top1_err"]  # the hits travel in the checkpoint
     kinds = [r["kind"] for r in metrics.read(cut)]
     assert kinds.count("epoch") == 2 and kinds.count("resume") == 1
+
+
+def test_train_step_counts_the_top1_hits_of_real_samples() -> None:
+    """The train error curves.png draws: hits of the step's own forward pass, padding excluded."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the forward below is the step's
+    images = torch.randn(8, 3, 2, 2)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, PAD_LABEL, PAD_LABEL])
+    predicted = model(images).argmax(1)
+    expected = int((predicted[:6] == labels[:6]).sum())
+    loss_sum, n, hits = train.train_step(model, optimizer, images, labels,
+                                         lambda d: torch.autocast(d.type, enabled=False)).tolist()
+    assert (n, hits) == (6, expected)
+    assert train._top1_err(3, 6) == {"top1_err": 0.5}
+    assert train._top1_err(float("nan"), 6) == {}  # resumed from a checkpoint that did not count hits
+
+
+def test_epoch_records_hold_the_train_error(sample_shards: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    fakes.install(monkeypatch, train_samples=8)
+    result = train.main(small(sample_shards, tmp_path / "run", epochs=1))
+    records = metrics.read(tmp_path / "run")
+    steps = [r for r in records if r["kind"] == "train"]
+    assert all(0 <= r["top1_err"] <= 1 for r in steps)
+    # The epoch's error is the sample-weighted mean of its intervals' (equal-sized here).
+    assert result["train_top1_err"] == pytest.approx(sum(r["top1_err"] for r in steps) / len(steps))
 
 
 def test_plateau_policy_drops_at_most_lr_drops_times() -> None:

@@ -163,11 +163,12 @@ def test_tensorboard_tags_settings_and_hparams(sample_shards: Path, tmp_path: Pa
     acc = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    intervals = {"loss/train_interval", "speed/images_per_s_interval", "speed/data_wait_interval"}
+    intervals = {tag for tag in metrics.TB_TAGS.values() if tag.endswith("_interval")}
     assert scalars == set(metrics.TB_TAGS.values()) - intervals  # --log-every 50: no interval ends
     per_epoch = acc.Scalars("speed/images_per_s")
     assert len(per_epoch) == 2 and all(e.value > 0 for e in per_epoch)
     assert len(acc.Scalars("speed/data_wait")) == 2
+    assert len(acc.Scalars("error/train_top1")) == 2
     text = acc.Tensors("settings/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| lr | 0.02 | 0.01 |" in text and "a note" in text and "train_hash" in text
     content = acc.PluginTagToContent("hparams")

@@ -2,13 +2,15 @@
 
 metrics.jsonl holds one record per line, each with a "kind":
 
-    {"kind": "train", "epoch", "step", "loss", "lr", "images_per_s", "data_wait"}     every --log-every steps
-    {"kind": "epoch", "epoch", "step", "train_loss", "val_loss", "val_top1_err", "val_top5_err",
-     "val_samples", "lr", "images_per_s", "data_wait", "epoch_s"}                    after each epoch
+    {"kind": "train", "epoch", "step", "loss", "top1_err", "lr", "images_per_s", "data_wait"}
+                                                                                     every --log-every steps
+    {"kind": "epoch", "epoch", "step", "train_loss", "train_top1_err", "val_loss", "val_top1_err",
+     "val_top5_err", "val_samples", "lr", "images_per_s", "data_wait", "epoch_s"}   after each epoch
     {"kind": "final", "epoch", "step", "ten_crop_loss", "ten_crop_top1_err", ...}    after the last epoch
     {"kind": "resume", "step", "epoch", "batch", "checkpoint"}                        when a run continues
 
-"step" counts optimizer steps since the start of the run; "epoch" starts at 0. TensorBoard (<run>/tb)
+"step" counts optimizer steps since the start of the run; "epoch" starts at 0. The train error is that
+of the training forward passes (dropout and augmentation on). TensorBoard (<run>/tb)
 gets the numbers a reader plots (TB_TAGS), against "step", and the run's settings (RunLog.settings).
 """
 
@@ -37,7 +39,9 @@ TB_TAGS = {
     ("train", "loss"): "loss/train_interval",
     ("train", "images_per_s"): "speed/images_per_s_interval",
     ("train", "data_wait"): "speed/data_wait_interval",
+    ("train", "top1_err"): "error/train_top1_interval",
     ("epoch", "train_loss"): "loss/train",
+    ("epoch", "train_top1_err"): "error/train_top1",
     ("epoch", "val_loss"): "loss/val",
     ("epoch", "val_top1_err"): "error/val_top1",
     ("epoch", "val_top5_err"): "error/val_top5",

@@ -48,9 +48,9 @@ def load(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def plot(records: list[dict[str, Any]], path: Path, classes: int | None = None, title: str = "") -> None:
-    """Four panels against epochs: loss (train and val), error (val; train error is not logged:
-    the loop sums only the loss, so the panel says so), learning rate, and speed (images/s with
-    the share of time spent waiting for data)."""
+    """Four panels against epochs: loss (train and val), error (val, and the train top-1 error of the
+    training forward passes, dropout and augmentation on; runs from before it was logged say so),
+    learning rate, and speed (images/s with the share of time spent waiting for data)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,11 +79,12 @@ def plot(records: list[dict[str, Any]], path: Path, classes: int | None = None, 
         for k, c in (("1", "C0"), ("5", "C1")):
             ax_err.plot(x, [100 * r[f"val_top{k}_err"] for r in epochs], "o-", c=c,
                         label=f"val top-{k} (centre crop)")
-        if "train_top1_err" in epochs[0]:
-            ax_err.plot(x, [100 * r["train_top1_err"] for r in epochs], "s--", c="C0", alpha=0.6,
-                        label="train top-1")
+        logged = [r for r in epochs if "train_top1_err" in r]
+        if logged:
+            ax_err.plot([r["epoch"] + 1 for r in logged], [100 * r["train_top1_err"] for r in logged], "s--",
+                        c="C0", alpha=0.6, label="train top-1 (dropout, augmentation on)")
         else:
-            ax_err.plot([], [], " ", label="train error: not logged (the loop sums the loss only)")
+            ax_err.plot([], [], " ", label="train error: not logged by this run's version")
         if classes:
             ax_err.axhline(100 * (1 - 1 / classes), ls="--", c="grey", lw=1, label="top-1 chance")
         if classes == paper.NUM_CLASSES:  # ILSVRC: the paper's own result is the reference

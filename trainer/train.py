@@ -416,16 +416,25 @@ def seed_everything(seed: int, epoch: int, rank: int) -> None:
 @dataclass
 class Position:
     """Where the run is: optimizer steps done, current epoch, batches done in it, and the epoch's
-    training loss so far: reduced (loss sum, samples) of past log intervals, and this rank's
-    unreduced [loss sum, samples] of the current interval, kept on the device. All of it goes into
-    checkpoints, so a resumed run logs the very numbers an uninterrupted one would."""
+    training loss and top-1 hits so far: reduced (loss sum, samples, hits) of past log intervals, and
+    this rank's unreduced [loss sum, samples, hits] of the current interval, kept on the device. All
+    of it goes into checkpoints, so a resumed run logs the very numbers an uninterrupted one would.
+    (Checkpoints from before the hits were counted restore them as NaN: that epoch's train error is
+    then not logged rather than wrong.)"""
 
     step: int = 0
     epoch: int = 0
     batch: int = 0
     loss_sum: float = 0.0
     samples: float = 0.0
-    pending: Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
+    hits: float = 0.0
+    pending: Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+
+    def add(self, loss_sum: float, samples: float, hits: float) -> None:
+        """Fold one reduced log interval into the epoch's totals."""
+        self.loss_sum += loss_sum
+        self.samples += samples
+        self.hits += hits
 
 
 def to_device(images: Tensor, labels: Tensor, device: torch.device,
@@ -440,7 +449,8 @@ def to_device(images: Tensor, labels: Tensor, device: torch.device,
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
                autocast: Callable[[torch.device], AbstractContextManager]) -> Tensor:
-    """One SGD step; returns [loss sum, real samples] on the device (no host sync).
+    """One SGD step; returns [loss sum, real samples, top-1 hits] on the device (no host sync). The
+    hits are those of the training forward pass (dropout and augmentation on), as the field logs them.
 
     Padding (label PAD_LABEL) adds nothing: the loss is the sum over real samples divided by the
     nominal batch, so with n processes DDP's gradient average equals one process's on the global batch.
@@ -451,7 +461,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tenso
     optimizer.zero_grad(set_to_none=True)
     (loss_sum / labels.shape[0]).backward()
     optimizer.step()
-    return torch.stack([loss_sum.detach(), (labels != PAD_LABEL).sum()]).double()
+    hits = (logits.detach().argmax(1) == labels).sum()  # PAD_LABEL (-1) never equals a class
+    return torch.stack([loss_sum.detach(), (labels != PAD_LABEL).sum(), hits]).double()
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -485,14 +496,16 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
             images_done += global_batch
             bar.update()
             if pos.step % log_every == 0:
-                loss_sum, n = distributed.all_reduce_sum(pos.pending).tolist()  # the interval's one sync
+                # The interval's one sync.
+                loss_sum, n, hits = distributed.all_reduce_sum(pos.pending).tolist()
                 pos.pending.zero_()
                 if not math.isfinite(loss_sum):
                     raise FloatingPointError(f"training loss is {loss_sum / n} at step {pos.step} "
                                              "(diverged; try a lower --lr)")
-                pos.loss_sum, pos.samples = pos.loss_sum + loss_sum, pos.samples + n
+                pos.add(loss_sum, n, hits)
                 now = time.perf_counter()
                 record = {"kind": "train", "epoch": pos.epoch, "step": pos.step, "loss": loss_sum / n,
+                          **_top1_err(hits, n),
                           "lr": optimizer.param_groups[0]["lr"], "images_per_s": images_done / (now - t_log),
                           "data_wait": (wait.waited - wait_log) / (now - t_log)}
                 images_done, t_log, wait_log = 0, now, wait.waited
@@ -504,10 +517,16 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                 every_step(pos)
     finally:
         bar.close()
-    loss_sum, n = distributed.all_reduce_sum(pos.pending).tolist()
+    loss_sum, n, hits = distributed.all_reduce_sum(pos.pending).tolist()
     pos.pending.zero_()
-    pos.loss_sum, pos.samples = pos.loss_sum + loss_sum, pos.samples + n
-    return {"train_loss": pos.loss_sum / max(pos.samples, 1), "data_wait": wait.share()}
+    pos.add(loss_sum, n, hits)
+    epoch_err = {f"train_{k}": v for k, v in _top1_err(pos.hits, pos.samples).items()}
+    return {"train_loss": pos.loss_sum / max(pos.samples, 1), **epoch_err, "data_wait": wait.share()}
+
+
+def _top1_err(hits: float, n: float) -> dict[str, float]:
+    """{"top1_err": ...}, or nothing where the hits are unknown (NaN: resumed from an older checkpoint)."""
+    return {"top1_err": 1 - hits / n} if n and math.isfinite(hits) else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,6 +593,7 @@ def make_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
         "scheduler": scheduler.state_dict(),
         "step": pos.step, "epoch": pos.epoch, "batch": pos.batch,
         "epoch_loss": (pos.loss_sum, pos.samples),
+        "epoch_hits": pos.hits,
         "world_size": world.size,
         "rng": [r["rng"] for r in per_rank],
         "loader": [r["loader"] for r in per_rank],
@@ -685,7 +705,8 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
     state = plan.resume_from[0] if plan.resume_from else None
     pos = Position()
     if state is not None:
-        pos = Position(state["step"], state["epoch"], state["batch"], *state["epoch_loss"])
+        pos = Position(state["step"], state["epoch"], state["batch"], *state["epoch_loss"],
+                       hits=state.get("epoch_hits", math.nan))
     mid_epoch = state is not None and pos.batch > 0
     # A mid-epoch checkpoint continues the loader where it stopped; an end-of-epoch one starts the
     # next epoch from (seed, epoch), which is what the loader would produce anyway. Built first:
@@ -789,6 +810,8 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
             if mid_epoch:
                 checkpoint.set_rng_state(state["rng"][world.rank], devices)
                 pos.pending = state["pending"][world.rank].clone()
+                if len(pos.pending) == 2:  # written before the hits were counted: unknown, not zero
+                    pos.pending = torch.cat([pos.pending, torch.tensor([math.nan], dtype=torch.float64)])
                 mid_epoch = False
             else:
                 seed_everything(cfg.seed, pos.epoch, world.rank)
@@ -812,7 +835,7 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
             if world.main and val["val_top1_err"] < best:
                 best = val["val_top1_err"]
                 checkpoint.save_weights(out / checkpoint.BEST, unwrap(model).state_dict())
-            pos.epoch, pos.batch, pos.loss_sum, pos.samples = pos.epoch + 1, 0, 0.0, 0.0
+            pos.epoch, pos.batch, pos.loss_sum, pos.samples, pos.hits = pos.epoch + 1, 0, 0.0, 0.0, 0.0
             save()
             signum = stop.requested(world, device)
             if signum:  # arrived during the epoch's last step or its validation: checkpoint just written
