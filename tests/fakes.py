@@ -87,3 +87,12 @@ def install(monkeypatch: Any, train_samples: int) -> None:
         return loader, val
 
     monkeypatch.setattr(train, "load_data", load_data)
+
+
+def write_params(run: Any, config: dict[str, Any], world_size: int = 1) -> None:
+    """A params.json shaped as alexnet-train writes it, for report and compare tests on fake runs."""
+    params = {"config": config, "git": "abc123", "world_size": world_size, "devices": ["cpu"],
+              "machine": {"cpus": 2, "cpu": "test cpu", "gpus": []},
+              "shards": {"train_hash": "f" * 64, "val_hash": "e" * 64, "train_samples": 47,
+                         "val_samples": 16, "classes": 4}}
+    (run / "params.json").write_text(json.dumps(params))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from tests import fakes
 from trainer.cli import report_main
 from trainer.config import TrainConfig
 
@@ -18,11 +19,7 @@ def fake_run(run: Path, top1: float, top5: float, ten: tuple[float, float] | Non
     run.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(shards="s", out=str(run), **config).to_dict()
     cfg.update(switches or {})
-    params = {"config": cfg, "git": "abc123", "world_size": 1, "devices": ["cpu"],
-              "machine": {"cpus": 2, "cpu": "test cpu", "gpus": []},
-              "shards": {"train_hash": "f" * 64, "val_hash": "e" * 64, "train_samples": 47,
-                         "val_samples": 16, "classes": 4}}
-    (run / "params.json").write_text(json.dumps(params))
+    fakes.write_params(run, cfg)
     records = []
     for epoch, (e1, e5) in enumerate([(0.9, 0.5), (0.5 * (0.9 + top1), 0.5 * (0.5 + top5)), (top1, top5)]):
         records.append({"kind": "train", "epoch": epoch, "step": 4 * epoch + 2, "loss": 1.0, "lr": 0.01,

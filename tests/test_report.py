@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests import fakes
 from trainer.cli import report_main
 from trainer.config import TrainConfig
 
@@ -16,11 +17,7 @@ from trainer.config import TrainConfig
 def fake_run(run: Path, **config: object) -> None:
     run.mkdir(parents=True)
     cfg = TrainConfig(shards="s", out=str(run), **config).to_dict()
-    params = {"config": cfg, "git": "abc123", "world_size": 2, "devices": ["cpu"],
-              "machine": {"cpus": 2, "cpu": "test cpu", "gpus": []},
-              "shards": {"train_hash": "f" * 64, "val_hash": "e" * 64, "train_samples": 47,
-                         "val_samples": 16, "classes": 4}}
-    (run / "params.json").write_text(json.dumps(params))
+    fakes.write_params(run, cfg, world_size=2)
     records = []
     for epoch in range(3):
         for s in range(1, 5):
