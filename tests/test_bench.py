@@ -145,3 +145,17 @@ def test_prep_bench_reports_interleaved_per_core_ratio_load_and_psnr() -> None:
     text = report(r)
     assert "load average (1, 5, 15 min): before " in text and "1600x1200 x1" in text
     assert "per-core ratio by run: " + ", ".join(f"{x:.2f}" for x in ratios) in text
+
+
+def test_prep_bench_reports_scaling_with_and_without_worker_startup() -> None:
+    """With 2 workers the bench times the workers' start-up on its own (one image per worker) and reports
+    the scaling of the same runs with that time taken off, beside the raw scaling."""
+    from tools.bench import report, run
+
+    n = 8
+    r = run(n=n, repeats=1, workers=2)
+    one, two, startup = r["runs"]["ours_1"][0], r["runs"]["ours_2"][0], r["startup_s"]
+    assert 0 < startup < n / two  # the start-up is part of the 2-worker run's time
+    assert r["scaling"] == two / one
+    assert r["steady_scaling"] == n / (n / two - startup) / one
+    assert f"{r['steady_scaling']:.2f}x without the workers' start-up ({startup:.2f} s a run" in report(r)

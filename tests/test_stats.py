@@ -94,8 +94,8 @@ def test_truncated_shard_is_one_line_naming_it(sample_shards, tmp_path, cut, wor
 
 @pytest.mark.parametrize("fill", ["random", "white"])
 def test_pixel_sums_are_exact_integers(fill):
-    """OpenCV's float64 Gram matrix (writer.PixelSums) equals integer arithmetic to the last unit, also for an
-    all-white image, where float32 accumulation of 65536 products of 255 * 255 would round."""
+    """writer.PixelSums (uint16 products summed by OpenCV) equals integer arithmetic to the last unit, also
+    for an all-white image, where float32 accumulation of 65536 products of 255 * 255 would round."""
     from tools.writer import PixelSums
 
     rng = np.random.default_rng(1)
