@@ -318,6 +318,14 @@ class AlexNet(nn.Module):
         Dropout draws one mask over both columns' units where the two-column path draws one per
         column: the same distribution (independent Bernoulli(0.5) per unit), another RNG sequence.
         """
+        x = self.features_grouped(x)
+        x = self.dropout(F.relu(_linear(self.fc6, x)))
+        x = self.dropout(F.relu(_linear(self.fc7, x)))
+        return self.fc8(x)
+
+    def features_grouped(self, x: Tensor) -> Tensor:
+        """The convolutional trunk of `forward_grouped`: images to fc6's 9216 inputs (pool5, flattened).
+        Also the data-parallel part of the 2014 hybrid scheme (trainer/hybrid.py)."""
         x = self._move(x, "input", None, 0)
         g = self.columns  # 1 for the one-column net: every layer is then a plain one
         x = self.pool(self._normalise(F.relu(_conv(self.conv1, x, groups=1)), 1))
@@ -325,7 +333,4 @@ class AlexNet(nn.Module):
         x = F.relu(_conv(self.conv3, x, groups=1))
         x = F.relu(_conv(self.conv4, x, groups=g))
         # Flattening channel by channel keeps column 0's 128 x 6 x 6 values first, as the columns' cat.
-        x = torch.flatten(self.pool(F.relu(_conv(self.conv5, x, groups=g))), 1)
-        x = self.dropout(F.relu(_linear(self.fc6, x)))
-        x = self.dropout(F.relu(_linear(self.fc7, x)))
-        return self.fc8(x)
+        return torch.flatten(self.pool(F.relu(_conv(self.conv5, x, groups=g))), 1)

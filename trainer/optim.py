@@ -29,10 +29,12 @@ SGD_VARIANTS = ("paper", "torch")
 
 
 def by_device(params: list[Tensor]) -> Iterator[list[Tensor]]:
-    """`params` split by (device, dtype), each part in the original order."""
-    parts: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    """`params` split by (device, dtype, tensor type), each part in the original order. The type: a
+    foreach kernel refuses a list mixing torch.Tensor and DTensor (the hybrid scheme's fc6/fc7,
+    trainer/hybrid.py), while one of DTensors runs on their local shards."""
+    parts: dict[tuple[torch.device, torch.dtype, type], list[Tensor]] = {}
     for p in params:
-        parts.setdefault((p.device, p.dtype), []).append(p)
+        parts.setdefault((p.device, p.dtype, type(p)), []).append(p)
     yield from parts.values()
 
 
