@@ -30,8 +30,10 @@ def _batch(seed: int, epoch: int, index: int, global_batch: int, classes: int) -
 
 class FakeTrainLoader:
     def __init__(self, samples: int, batch_size: int, classes: int, seed: int = 0, shard_id: int = 0,
-                 num_shards: int = 1, checkpoint: str | None = None) -> None:
+                 num_shards: int = 1, checkpoint: str | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.samples, self.batch_size, self.classes, self.seed = samples, batch_size, classes, seed
+        self.dtype = dtype
         self.shard_id, self.num_shards = shard_id, num_shards
         state = json.loads(checkpoint) if checkpoint else {"epoch": 0, "batch": 0}
         self._epoch, self._batch = state["epoch"], state["batch"]
@@ -47,7 +49,7 @@ class FakeTrainLoader:
                                     self.classes)
             self._batch += 1  # before yielding: a checkpoint taken now resumes after this batch
             part = slice(self.shard_id * self.batch_size, (self.shard_id + 1) * self.batch_size)
-            yield images[part], labels[part]
+            yield images[part].to(self.dtype), labels[part]
         self._epoch, self._batch = self._epoch + 1, 0
 
     def state(self) -> str:
@@ -55,9 +57,11 @@ class FakeTrainLoader:
 
 
 def fake_val(samples: int, batch_size: int, classes: int, shard_id: int = 0, num_shards: int = 1,
-             ten_crop: bool = False) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+             ten_crop: bool = False,
+             dtype: torch.dtype = torch.float32) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Sample i goes to rank i % num_shards; the last batch is padded and masked."""
     images, labels = _batch(12345, 0, 0, samples, classes)
+    images = images.to(dtype)
     mine = list(range(shard_id, samples, num_shards))
     per_rank = -(-samples // num_shards)
     padded = mine + [mine[-1]] * (per_rank - len(mine))  # every rank runs the same number of batches
@@ -70,8 +74,9 @@ def fake_val(samples: int, batch_size: int, classes: int, shard_id: int = 0, num
         yield x, labels[idx], valid
 
 
-def install(monkeypatch: Any, train_samples: int) -> None:
-    """Make trainer.train.load_data build the fakes (classes and val size from the manifest)."""
+def install(monkeypatch: Any, train_samples: int, dtype: torch.dtype = torch.float32) -> None:
+    """Make trainer.train.load_data build the fakes (classes and val size from the manifest), with
+    images of `dtype` (float64 for a model made float64 by the test, see tests/test_hybrid.py)."""
     from trainer import train
 
     def load_data(cfg: Any, world: Any, devices: Any, loader_state: str | None = None) -> Any:
@@ -79,10 +84,10 @@ def install(monkeypatch: Any, train_samples: int) -> None:
         classes, val_samples = len(manifest["classes"]), manifest["splits"]["val"]["samples"]
         per_rank = cfg.batch_size // world.size
         loader = FakeTrainLoader(train_samples, per_rank, classes, cfg.seed, world.rank, world.size,
-                                 loader_state)
+                                 loader_state, dtype)
 
         def val(ten_crop: bool) -> Any:
-            return fake_val(val_samples, per_rank, classes, world.rank, world.size, ten_crop)
+            return fake_val(val_samples, per_rank, classes, world.rank, world.size, ten_crop, dtype)
 
         return loader, val
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -39,16 +38,18 @@ def test_runs_in_sequence_then_compares(tmp_path: Path, monkeypatch) -> None:
     checks the sequence, the --resume of a run with checkpoints, and the comparison of what finished."""
     calls = []
 
-    def fake(argv: list[str]) -> subprocess.CompletedProcess:
+    def fake(argv: list[str]) -> int:
         calls.append(argv)
         out = Path(argv[argv.index("--out") + 1])
         if out.name == "one-column":
-            return subprocess.CompletedProcess(argv, 2)
+            return 2
         if not (out / "params.json").exists():
             fake_run(out, 0.4 if out.name == "baseline" else 0.42, 0.2)
-        return subprocess.CompletedProcess(argv, 0)
+        return 0
 
-    monkeypatch.setattr(ablations.subprocess, "run", fake)
+    # The training runs only: patching subprocess.run itself also caught matplotlib's first import on
+    # a fresh machine (it runs fc-list to build its font cache), which then failed.
+    monkeypatch.setattr(ablations, "run_training", fake)
     (tmp_path / "no-lrn" / "checkpoints").mkdir(parents=True)
     (tmp_path / "no-lrn" / "checkpoints" / "step-4.pt").write_bytes(b"x")
     lines: list[str] = []

@@ -45,6 +45,11 @@ def commands(shards: str, out: str, epochs: int = paper.EPOCHS, extra: Sequence[
             for name, switches in runs()]
 
 
+def run_training(argv: list[str]) -> int:
+    """One alexnet-train run as a child process; its exit code."""
+    return subprocess.run(argv).returncode
+
+
 def main(shards: str, out: str, epochs: int = paper.EPOCHS, extra: Sequence[str] = (),
          print_only: bool = False, echo: Callable[[str], None] = print) -> int:
     """Print the commands, or run them one after the other and compare; returns the exit status
@@ -61,7 +66,7 @@ def main(shards: str, out: str, epochs: int = paper.EPOCHS, extra: Sequence[str]
         if (Path(run_dir) / "checkpoints").is_dir() and any((Path(run_dir) / "checkpoints").iterdir()):
             argv.append("--resume")  # a rerun continues (or just re-reports) what is there
         echo(f"== {Path(run_dir).name}: {shlex.join(['alexnet-train', *argv[3:]])}")
-        if subprocess.run(argv).returncode == 0:
+        if run_training(argv) == 0:
             finished.append(run_dir)
         else:
             failed.append(run_dir)

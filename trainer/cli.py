@@ -32,6 +32,7 @@ from trainer.config import (
     LR_POLICIES,
     LRN_VARIANTS,
     MEAN_MODES,
+    PARALLEL_MODES,
     PRECISIONS,
     SGD_VARIANTS,
     ConfigError,
@@ -119,6 +120,12 @@ def _warnings_to_stderr() -> None:
                    "for); channel = (x - mean) / std per channel (what kaiming init assumes) "
                    "[default: image with --init paper, channel with --init kaiming].")
 @click.option("--devices", default=None, help=DEVICES_HELP)
+@click.option("--parallel", type=click.Choice(PARALLEL_MODES), default="ddp",
+              help="Under torchrun: ddp = model replicas, every gradient all-reduced; hybrid = "
+                   "Krizhevsky's 2014 scheme: conv layers and fc8 data-parallel, fc6/fc7 split across all "
+                   "processes over the global batch (one device per process; ~6x less traffic at 2 "
+                   "processes, 3x at 8). Same network, same gradients, same checkpoints: a run may switch "
+                   "at an epoch boundary. One process: no difference.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="tf32",
               help="fp32: strict; tf32: TF32 tensor cores for convs/matmuls; bf16: autocast. "
                    "Storage is fp32.")
@@ -149,7 +156,8 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
     """Train AlexNet as in Krizhevsky et al. (2012), §5: SGD, batch 128, momentum 0.9, weight decay
     5e-4, lr 0.01 divided by 10 when the validation error stops improving, 90 epochs.
 
-    Run under torchrun for data parallelism over replicas (one or two GPUs each).
+    Run under torchrun for data parallelism over replicas (one or two GPUs each), or with
+    --parallel hybrid for the 2014 hybrid scheme (one GPU each; README "Scaling out").
     """
     from trainer import train
 

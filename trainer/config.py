@@ -15,6 +15,8 @@ import paper
 from trainer.model import COLUMN_CHOICES, INITS, LRN_VARIANTS, NORMS, POOLS
 from trainer.optim import SGD_VARIANTS  # noqa: F401  (re-exported for the CLI)
 
+PARALLEL_MODES = ("ddp", "hybrid")  # under torchrun: trainer/distributed.py, trainer/hybrid.py
+
 PRECISIONS = ("fp32", "tf32", "bf16")
 MEAN_MODES = ("image", "channel")  # pipeline.stats.MEAN_MODES (not imported: keeps DALI out of the CLI)
 LR_POLICIES = ("plateau", "step")
@@ -97,6 +99,10 @@ class TrainConfig:
     lighting: str = "paper01"  # §4.1 PCA lighting: "paper01", "cuda-convnet" or "off"
     augment: str = "full"  # §4.1: random crops + flips + lighting, or "none" (centre crop only)
     init_from: str = ""  # weights file (best.pt, final.pt, a checkpoint) to start from: fine-tuning
+    # Under torchrun: "ddp" (model replicas, all gradients all-reduced) or "hybrid" (Krizhevsky 2014:
+    # conv trunk and fc8 data-parallel, fc6/fc7 split across the ranks; trainer/hybrid.py). The same
+    # function and gradients either way, so a run may switch at an epoch boundary.
+    parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         if not self.mean:
@@ -128,7 +134,8 @@ class TrainConfig:
         for name, allowed in (("precision", PRECISIONS), ("lr_policy", LR_POLICIES),
                               ("init", INITS), ("lrn", LRN_VARIANTS), ("mean", MEAN_MODES),
                               ("sgd", SGD_VARIANTS), ("norm", NORMS), ("pool", tuple(POOLS)),
-                              ("columns", COLUMN_CHOICES), ("lighting", LIGHTINGS), ("augment", AUGMENTS)):
+                              ("columns", COLUMN_CHOICES), ("lighting", LIGHTINGS), ("augment", AUGMENTS),
+                              ("parallel", PARALLEL_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{flag(name)} must be one of {', '.join(map(str, allowed))}, "
                                   f"got {getattr(self, name)!r}")
@@ -136,6 +143,13 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.columns == 1 and len(self.devices) > 1:
             raise ConfigError(f"--columns 1 is a one-device network; --devices names {len(self.devices)}")
+        if self.parallel == "hybrid" and len(self.devices) > 1:
+            raise ConfigError(f"--parallel hybrid runs one device per process; --devices names "
+                              f"{len(self.devices)} ({','.join(self.devices)}): give one, or use "
+                              "--parallel ddp for two-GPU replicas")
+        if self.parallel == "hybrid" and self.compile:
+            raise ConfigError("--compile is not supported with --parallel hybrid (DTensor layers under "
+                              "torch.compile are untested here); drop one of them")
         if self.augment == "none" and self.lighting not in ("paper01", "off"):
             raise ConfigError(f"--augment none already turns lighting off; drop --lighting {self.lighting}")
         ms = list(self.lr_milestones)
@@ -207,6 +221,6 @@ def paper_differences(params: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(option, value, default) for every option in `params` whose value is not the default."""
     defaults = TrainConfig(shards="", out="").to_dict()
     skip = {"shards", "out", "resume", "note", "progress", "devices", "log_every",
-            "checkpoint_every", "max_steps", "seed", "compile", "channels_last"}
+            "checkpoint_every", "max_steps", "seed", "compile", "channels_last", "parallel"}
     return [(k, params[k], defaults[k]) for k in defaults
             if k not in skip and k in params and params[k] != defaults[k]]

@@ -47,7 +47,6 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 
 from trainer.model import AlexNet
 
-PARALLEL_MODES = ("ddp", "hybrid")
 SPLIT = ("fc6", "fc7")  # the tensor-parallel layers; everything else is data-parallel
 
 

@@ -46,7 +46,7 @@ from pipeline.loader import PAD_LABEL
 from tools import atomic
 from tools import manifest as manifest_lib
 from tools.lock import RunLock, RunLockedError
-from trainer import checkpoint, distributed, metrics, optim
+from trainer import checkpoint, distributed, hybrid, metrics, optim
 from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag, paper_differences
 from trainer.evaluate import evaluate
 from trainer.model import AlexNet
@@ -165,7 +165,8 @@ def prepare(cfg: TrainConfig, world: distributed.World | None = None) -> Plan:
     """Every start-up check that needs no lock; raises ConfigError (one line), writes nothing."""
     world = world or distributed.from_env()
     cfg.check(world.size)
-    devices = replica(cfg.devices, world, cfg.columns)
+    # --parallel hybrid: one device per process (its default too), as the 2014 scheme runs
+    devices = replica(cfg.devices, world, 1 if cfg.parallel == "hybrid" else cfg.columns)
     m = check_shards(cfg.shards)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -578,18 +579,59 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def parallelize(model: nn.Module, cfg: TrainConfig, world: distributed.World,
+                devices: tuple[str, ...]) -> nn.Module:
+    """`model` (weights equal on every rank) as this run's torchrun job trains it: DDP over replicas,
+    or the 2014 hybrid scheme (trainer/hybrid.py); alone, `model` itself."""
+    if not world.distributed:
+        return model
+    device = torch.device(devices[0])
+    if cfg.parallel == "hybrid":
+        return hybrid.parallelize(model, hybrid.mesh(world.size, device), device)
+    # Multi-device replicas (and the CPU) take device_ids=None. DDP averages the gradients over
+    # ranks, so each rank's loss over its batch / world reproduces the global batch's.
+    single_gpu = len(devices) == 1 and device.type == "cuda"
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if single_gpu else None)
+
+
+def weights_state(model: nn.Module) -> dict[str, Tensor]:
+    """The one-device AlexNet's state dict (the names every placement loads). Under --parallel
+    hybrid it gathers fc6/fc7 from all ranks: a collective, so every rank calls it."""
+    split = hybrid.hybrid_of(model)
+    return hybrid.full_state_dict(split) if split is not None else unwrap(model).state_dict()
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+    """The optimizer's state dict in the one-device AlexNet's layout (a collective under hybrid)."""
+    split = hybrid.hybrid_of(model)
+    return hybrid.full_optimizer_state(optimizer, split) if split is not None else optimizer.state_dict()
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, saved: dict[str, Any]) -> None:
+    split = hybrid.hybrid_of(model)
+    if split is not None:
+        hybrid.load_optimizer_state(optimizer, split, saved)
+    else:
+        optimizer.load_state_dict(saved)
+
+
 def make_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, pos: Position, loader: Any,
                cfg: TrainConfig, num_classes: int, world: distributed.World,
-               devices: tuple[str, ...], shards: dict[str, Any] | None = None) -> dict[str, Any] | None:
+               devices: tuple[str, ...], shards: dict[str, Any] | None = None,
+               weights: dict[str, Tensor] | None = None) -> dict[str, Any] | None:
     """The checkpoint state on rank 0 (None elsewhere). Every rank must call it: it gathers each
-    rank's RNG (of its replica's `devices`) and loader states, which differ (dropout masks, shard_id)."""
+    rank's RNG (of its replica's `devices`) and loader states, which differ (dropout masks, shard_id),
+    and under --parallel hybrid the split layers and their momentum. `weights`: `weights_state(model)`,
+    if already at hand."""
     per_rank = distributed.all_gather({"rng": checkpoint.rng_state(devices), "loader": loader_state(loader),
                                        "pending": pos.pending.cpu()})
+    weights = weights if weights is not None else weights_state(model)
+    momentum = optimizer_state(optimizer, model)
     if not world.main:
         return None
     return {
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": weights,
+        "optimizer": momentum,
         "scheduler": scheduler.state_dict(),
         "step": pos.step, "epoch": pos.epoch, "batch": pos.batch,
         "epoch_loss": (pos.loss_sum, pos.samples),
@@ -604,11 +646,11 @@ def make_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
     }
 
 
-def nonfinite_parameter(model: nn.Module) -> str | None:
-    """The first parameter holding a NaN or an infinity, or None. One host sync per tensor: run at
-    checkpoint time only, where it costs nothing next to writing ~700 MB."""
-    for name, p in unwrap(model).named_parameters():
-        if not bool(torch.isfinite(p).all()):
+def nonfinite_parameter(weights: dict[str, Tensor]) -> str | None:
+    """The first tensor of a state dict holding a NaN or an infinity, or None. One host sync per
+    tensor: run at checkpoint time only, where it costs nothing next to writing ~700 MB."""
+    for name, t in weights.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             return name
     return None
 
@@ -724,21 +766,22 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
     try:
         autocast = set_precision(cfg.precision)
         model = build_model(cfg, plan.num_classes, devices)
-        optimizer = make_optimizer(cfg, model)
-        scheduler = make_scheduler(cfg, optimizer)
         if state is None and plan.init_weights is not None:
             said = load_init_weights(unwrap(model), plan.init_weights, cfg.init_from)
             if said and world.main:
                 tqdm.write(said, file=sys.stderr)
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            model.load_state_dict(state["model"])  # every placement's checkpoint: the one-device names
+        model = parallelize(model, cfg, world, devices)
+        # The hybrid's split layers run collectives in their forward; evaluation, where the ranks'
+        # batch counts may differ, uses a plain copy with the gathered weights instead (built now,
+        # before the loop's RNG is seeded).
+        eval_net = build_model(cfg, plan.num_classes, devices) if hybrid.hybrid_of(model) else None
+        optimizer = make_optimizer(cfg, model)
+        scheduler = make_scheduler(cfg, optimizer)
+        if state is not None:
+            load_optimizer_state(optimizer, model, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-        if world.distributed:
-            # Multi-device replicas (and the CPU) take device_ids=None. DDP averages the gradients
-            # over ranks, so each rank's loss over its batch / world reproduces the global batch's.
-            single_gpu = len(devices) == 1 and device.type == "cuda"
-            model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if single_gpu else None)
         if cfg.compile:
             model = torch.compile(model)
 
@@ -765,15 +808,17 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
 
         shards = shards_identity(plan)
 
-        def save() -> None:
-            # Every rank checks (DDP keeps the weights equal, so all stop together): a checkpoint
-            # with NaN weights would make every later --resume diverge from the start.
-            bad = nonfinite_parameter(model)
+        def save(weights: dict[str, Tensor] | None = None) -> None:
+            # Every rank checks (DDP keeps the weights equal, and the hybrid's are gathered on every
+            # rank, so all stop together): a checkpoint with NaN weights would make every later
+            # --resume diverge from the start.
+            weights = weights if weights is not None else weights_state(model)
+            bad = nonfinite_parameter(weights)
             if bad is not None:
                 raise FloatingPointError(f"non-finite weights ({bad}) at step {pos.step}: diverged (try "
                                          "a lower --lr); no checkpoint written for it, earlier ones are kept")
             s = make_state(model, optimizer, scheduler, pos, train_loader, cfg, plan.num_classes, world,
-                           devices, shards)
+                           devices, shards, weights)
             if s is not None:
                 checkpoint.save(out, s, pos.step, pos.epoch, pos.batch)
 
@@ -797,8 +842,12 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
             if stop_now:
                 raise StopRun
 
-        def validate(ten_crop: bool) -> dict[str, Any]:
-            return evaluate(model, val_loader(ten_crop), device, autocast(device),
+        def validate(ten_crop: bool, weights: dict[str, Tensor] | None = None) -> dict[str, Any]:
+            net = model
+            if eval_net is not None:
+                eval_net.load_state_dict(weights if weights is not None else weights_state(model))
+                net = eval_net
+            return evaluate(net, val_loader(ten_crop), device, autocast(device),
                             plan.manifest["splits"]["val"]["samples"], cfg.channels_last)
 
         # best.pt follows the lowest centre-crop val top-1 error; a resumed run knows the past
@@ -821,7 +870,8 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
                 log_every=cfg.log_every, autocast=autocast, channels_last=cfg.channels_last, log=log,
                 every_step=every_step, total=steps_per_epoch, progress=cfg.progress and world.main)
             epoch_s = time.perf_counter() - t0
-            val = validate(False)
+            weights = weights_state(model)  # a collective under --parallel hybrid: every rank
+            val = validate(False, weights)
             scheduler_step(scheduler, val["val_top1_err"])
             last = {"kind": "epoch", "epoch": pos.epoch, "step": pos.step, **train, **val,
                     "lr": optimizer.param_groups[0]["lr"], "epoch_s": epoch_s,
@@ -834,21 +884,22 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
                            file=sys.stderr)
             if world.main and val["val_top1_err"] < best:
                 best = val["val_top1_err"]
-                checkpoint.save_weights(out / checkpoint.BEST, unwrap(model).state_dict())
+                checkpoint.save_weights(out / checkpoint.BEST, weights)
             pos.epoch, pos.batch, pos.loss_sum, pos.samples, pos.hits = pos.epoch + 1, 0, 0.0, 0.0, 0.0
-            save()
+            save(weights)
             signum = stop.requested(world, device)
             if signum:  # arrived during the epoch's last step or its validation: checkpoint just written
                 raise Interrupted(signum, pos.step, cfg.out)
             if cfg.max_steps and pos.step >= cfg.max_steps and pos.epoch < cfg.epochs:
                 raise StopRun
+        weights = weights_state(model)
         if world.main:
-            checkpoint.save_weights(out / checkpoint.FINAL, unwrap(model).state_dict())
+            checkpoint.save_weights(out / checkpoint.FINAL, weights)
             tqdm.write(f"weights: {out / checkpoint.FINAL} (last epoch), {out / checkpoint.BEST} (lowest val "
                        f"top-1 error, {best:.4f}); full checkpoints in {checkpoint.folder(out)}",
                        file=sys.stderr)
         if cfg.ten_crop:
-            ten = validate(True)
+            ten = validate(True, weights)
             final = {"kind": "final", "epoch": pos.epoch - 1, "step": pos.step,
                      **{k.replace("val_", "ten_crop_"): v for k, v in ten.items()}}
             if log:
