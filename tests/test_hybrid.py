@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -272,3 +274,41 @@ def test_hybrid_refuses_two_device_replicas_and_compile(sample_shards: Path, tmp
         assert result.exit_code == 2
         assert message in result.output
         assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_every_rank_gets_batches_of_one_shape(sample_shards: Path, k: int) -> None:
+    """fc6's all-gather needs the ranks' batches to have one shape, step after step: DALI pads each
+    rank to the same number of full batches (pad_last_batch, padding labelled -1), also when the
+    47 train images do not split evenly (23 + 24; 11 + 12 + 12 + 12)."""
+    import pipeline
+
+    shapes = []
+    for rank in range(k):
+        loader = pipeline.train_loader(str(sample_shards), batch_size=8 // k, device="cpu", shard_id=rank,
+                                       num_shards=k, num_threads=1, overlap_epochs=False)
+        shapes.append([tuple(images.shape) for images, _ in loader.epoch(0)])
+    assert len({len(s) for s in shapes}) == 1 and len(shapes[0]) == len(loader)
+    assert all(s == shapes[0] for s in shapes)
+    assert set(shapes[0]) == {(8 // k, 3, 224, 224)}
+
+
+@pytest.mark.slow  # ~1 min: torchrun, 2 processes, the real DALI CPU pipeline, 10-crop
+def test_torchrun_hybrid_with_the_pipeline(sample_shards: Path, tmp_path: Path) -> None:
+    """`torchrun ... --parallel hybrid` end to end (dropout on, as the paper's): 47 images over 2 ranks,
+    every val image evaluated once, centre and ten-crop, and weights that load into a plain AlexNet."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "trainer.cli", "--shards", str(sample_shards), "--out", str(run), "--epochs", "1",
+           "--batch-size", "8", "--init", "kaiming", "--log-every", "1", "--devices", "cpu",
+           "--precision", "fp32", "--no-progress", "--parallel", "hybrid"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = metrics.read(run)
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    (final,) = [r for r in records if r["kind"] == "final"]
+    assert epoch["val_samples"] == final["ten_crop_samples"] == 16
+    weights = checkpoint.load_weights(str(run / checkpoint.FINAL))
+    model = AlexNet(num_classes=4, devices=("cpu",))
+    model.load_state_dict(weights)  # today's names: fc6.0.weight, fc6.1.weight, ...
