@@ -315,13 +315,16 @@ def figures_main(run_dir: str, shards: str, images: int, max_train: int | None, 
 @click.group(context_settings=CONTEXT)
 @version.option("alexnet-bench")
 def bench_main() -> None:
-    """Throughput benchmarks: the input pipeline alone (pipeline) and training (train)."""
+    """Throughput benchmarks: the input pipeline alone (pipeline) and training (train); bytes sent per
+    training step by DDP and the 2014 hybrid (comm)."""
 
 
 def _add_bench_commands() -> None:
     from trainer.bench import command as train_command
+    from trainer.comm import command as comm_command
 
     bench_main.add_command(train_command, "train")
+    bench_main.add_command(comm_command, "comm")
     try:
         from pipeline.bench import command as pipeline_command
     except ImportError:  # the pipeline benchmark ships with pipeline/; the train one does not need it
