@@ -293,15 +293,20 @@ def test_every_rank_gets_batches_of_one_shape(sample_shards: Path, k: int) -> No
     assert set(shapes[0]) == {(8 // k, 3, 224, 224)}
 
 
-@pytest.mark.slow  # ~1 min: torchrun, 2 processes, the real DALI CPU pipeline, 10-crop
-def test_torchrun_hybrid_with_the_pipeline(sample_shards: Path, tmp_path: Path) -> None:
+@pytest.mark.slow  # ~1 min each: torchrun, 2 processes, the real DALI CPU pipeline, 10-crop
+@pytest.mark.parametrize("arithmetic", [["--precision", "fp32", "--no-channels-last"],
+                                        ["--precision", "bf16", "--channels-last"]],
+                         ids=["fp32", "bf16-nhwc"])
+def test_torchrun_hybrid_with_the_pipeline(sample_shards: Path, tmp_path: Path,
+                                           arithmetic: list[str]) -> None:
     """`torchrun ... --parallel hybrid` end to end (dropout on, as the paper's): 47 images over 2 ranks,
-    every val image evaluated once, centre and ten-crop, and weights that load into a plain AlexNet."""
+    every val image evaluated once, centre and ten-crop, and weights that load into a plain AlexNet;
+    also with bf16 autocast and channels-last activations around the split layers (CPU autocast)."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "trainer.cli", "--shards", str(sample_shards), "--out", str(run), "--epochs", "1",
            "--batch-size", "8", "--init", "kaiming", "--log-every", "1", "--devices", "cpu",
-           "--precision", "fp32", "--no-progress", "--parallel", "hybrid"]
+           *arithmetic, "--no-progress", "--parallel", "hybrid"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     records = metrics.read(run)
