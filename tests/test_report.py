@@ -57,7 +57,20 @@ def test_report_of_paper_defaults_lists_no_differences(tmp_path: Path) -> None:
     run = tmp_path / "paper"
     fake_run(run)
     assert CliRunner().invoke(report_main, [str(run)]).exit_code == 0
-    assert "- none" in (run / "summary.md").read_text()
+    md = (run / "summary.md").read_text()
+    assert "- none" in md
+    assert "over 2 process(es)" in md and "hybrid" not in md
+
+
+def test_report_names_the_hybrid_scheme_but_not_as_a_difference(tmp_path: Path) -> None:
+    """--parallel hybrid computes the same gradients: the summary says how the run was spread, and
+    lists no departure from the paper for it."""
+    run = tmp_path / "hybrid"
+    fake_run(run, parallel="hybrid")
+    assert CliRunner().invoke(report_main, [str(run)]).exit_code == 0
+    md = (run / "summary.md").read_text()
+    assert "global batch 128 over 2 process(es) (hybrid: fc6/fc7 split across them)" in md
+    assert "- none" in md and "--parallel" not in md
 
 
 def test_report_on_a_folder_that_is_not_a_run_fails_cleanly(tmp_path: Path) -> None:

@@ -160,7 +160,9 @@ def summary(params: dict[str, Any], records: list[dict[str, Any]], run_name: str
     cpu = f"CPU ({machine.get('cpus', '?')} cores) {machine.get('cpu', '')}".strip()
     hw = ", ".join(machine.get("gpus") or []) or cpu
     lines += [f"- epochs: {len(epochs)} of {cfg['epochs']}; steps: {records[-1].get('step', 0)}; "
-              f"global batch {cfg['batch_size']} over {params.get('world_size', 1)} process(es)",
+              f"global batch {cfg['batch_size']} over {params.get('world_size', 1)} process(es)"
+              + (" (hybrid: fc6/fc7 split across them)"
+                 if cfg.get("parallel") == "hybrid" and params.get("world_size", 1) > 1 else ""),
               f"- hardware: {hw}; devices per replica: {', '.join(params.get('devices', []))}; "
               f"precision {cfg['precision']}",
               f"- git {params.get('git', 'unknown')}; train shards {params['shards']['train_hash'][:12]}, "
