@@ -168,9 +168,9 @@ def _train_worker(rank: int, k: int, port: int, cfg: dict[str, Any], env: dict[s
     train.main(TrainConfig.from_dict(cfg))
 
 
-def launch(cfg: TrainConfig, k: int) -> None:
+def launch(cfg: TrainConfig, k: int, env: dict[str, str] | None = None) -> None:
     """`torchrun --nproc-per-node k` of the trainer, as spawned gloo processes."""
-    mp.spawn(_train_worker, args=(k, free_port(), cfg.to_dict(), {}), nprocs=k, join=True)
+    mp.spawn(_train_worker, args=(k, free_port(), cfg.to_dict(), env or {}), nprocs=k, join=True)
 
 
 TRAIN_SAMPLES = 8  # 2 steps an epoch at global batch 4
@@ -264,6 +264,22 @@ def test_trainer_hybrid_at_four_and_switching_k_and_ddp(sample_shards: Path, tmp
     run = resumed(first, tmp_path / "k2-to-ddp")
     launch(config(sample_shards, run, epochs=2, resume=True, parallel="ddp"), 2)
     assert_same_run(run, straight, rtol)
+
+
+@pytest.mark.slow  # 3 runs, two of 2 processes: ~1 min
+def test_trainer_hybrid_restarted_mid_epoch_continues_exactly(sample_shards: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hybrid job stopped after step 1 of 2 (a mid-epoch checkpoint: per-rank loader, RNG and pending
+    loss sums, plus the gathered weights and momentum) and restarted by torchrun ends like one
+    uninterrupted process."""
+    in_float64(monkeypatch)
+    straight = tmp_path / "straight"
+    train.main(config(sample_shards, straight))
+    run = tmp_path / "restarted"
+    launch(config(sample_shards, run, parallel="hybrid", max_steps=1), 2)
+    assert [p.name for p in checkpoint.complete(run)] == ["step-00000001.pt"]
+    launch(config(sample_shards, run, parallel="hybrid"), 2, env={"TORCHELASTIC_RESTART_COUNT": "1"})
+    assert_same_run(run, straight, RTOL64)
 
 
 def test_hybrid_refuses_two_device_replicas_and_compile(sample_shards: Path, tmp_path: Path) -> None:
