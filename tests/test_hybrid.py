@@ -87,7 +87,7 @@ def _rank(rank: int, k: int, port: int, sgd: str, dtype: torch.dtype, out: str) 
     try:
         device = torch.device("cpu")
         model = hybrid.parallelize(net(dtype), hybrid.mesh(k, device), device)
-        inner = hybrid.hybrid_of(model)
+        inner = train.unwrap(model)
         opt = optim.make(sgd, model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         images, labels = batch(k, dtype)
         mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)

@@ -262,6 +262,11 @@ def test_grouped_path_equals_the_two_columns(model: AlexNet, split_model: AlexNe
     grouped = AlexNet(devices=("cpu",), init="kaiming", dropout=0.0)
     split = AlexNet(devices=("cpu", "cpu"), dropout=0.0)
     split.load_state_dict(grouped.state_dict())
+    same_training_pass(grouped, split, images, rtol)
+
+
+def same_training_pass(grouped: AlexNet, split: AlexNet, images: torch.Tensor, rtol: float) -> None:
+    """One forward + backward of each: logits and every gradient equal to `rtol` of their scale."""
     grouped_logits, grouped_grads = forward_backward(grouped, images)
     split_logits, split_grads = forward_backward(split, images)
     close(grouped_logits, split_logits, "train logits", rtol)
@@ -622,11 +627,7 @@ def test_batch_norm_grouped_path_equals_the_two_columns(images: torch.Tensor) ->
         m.train()
         m.dropout.p = 0.0
     rtol = forward_rtol(grouped, passes=2)  # float32 rounding, as in the test without BN
-    grouped_logits, grouped_grads = forward_backward(grouped, images)
-    split_logits, split_grads = forward_backward(split, images)
-    close(grouped_logits, split_logits, "train logits", rtol)
-    for name, grad in split_grads.items():
-        close(grouped_grads[name], grad, name, rtol)
+    same_training_pass(grouped, split, images, rtol)
     for name, value in split.state_dict().items():
         if name.startswith("bn"):
             close(grouped.state_dict()[name].float(), value.float(), name, rtol)

@@ -74,11 +74,6 @@ class HybridAlexNet(nn.Module):
         x = self.dropout(F.relu(self.fc7(x)))
         return self.fc8(x)
 
-    def merged_name(self, column_name: str) -> str:
-        """`fc6.1.weight` -> `fc6.weight`; other names are the same in both layouts."""
-        layer, *rest = column_name.split(".")
-        return f"{layer}.{rest[-1]}" if layer in SPLIT else column_name
-
     def column_parts(self, name: str) -> list[str]:
         """`fc6.weight` -> [`fc6.0.weight`, `fc6.1.weight`] (one per column); other names -> [name]."""
         layer, leaf = name.split(".", 1)
@@ -127,16 +122,6 @@ def _mean_over(k: int) -> Callable[[Tensor], None]:
         param.grad.div_(k)  # the sum over the K ranks' losses -> the global batch's mean (module doc)
 
     return hook
-
-
-def hybrid_of(model: nn.Module) -> HybridAlexNet | None:
-    """The HybridAlexNet inside `model` (DDP, torch.compile wrappers), or None."""
-    while not isinstance(model, HybridAlexNet):
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return None
-        model = inner
-    return model
 
 
 def _full(t: Tensor) -> Tensor:

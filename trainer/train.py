@@ -571,7 +571,8 @@ def write_params(plan: Plan, resumed: bool) -> dict[str, Any]:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The AlexNet inside DDP / torch.compile wrappers: its state dict has no wrapper prefixes."""
+    """The AlexNet (or HybridAlexNet) inside DDP / torch.compile wrappers: its state dict has no wrapper
+    prefixes."""
     while True:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         if inner is None:
@@ -594,21 +595,27 @@ def parallelize(model: nn.Module, cfg: TrainConfig, world: distributed.World,
     return nn.parallel.DistributedDataParallel(model, device_ids=[device] if single_gpu else None)
 
 
+def hybrid_model(model: nn.Module) -> hybrid.HybridAlexNet | None:
+    """The HybridAlexNet inside `model` (DDP, torch.compile), or None if the run is not a hybrid one."""
+    inner = unwrap(model)
+    return inner if isinstance(inner, hybrid.HybridAlexNet) else None
+
+
 def weights_state(model: nn.Module) -> dict[str, Tensor]:
     """The one-device AlexNet's state dict (the names every placement loads). Under --parallel
     hybrid it gathers fc6/fc7 from all ranks: a collective, so every rank calls it."""
-    split = hybrid.hybrid_of(model)
+    split = hybrid_model(model)
     return hybrid.full_state_dict(split) if split is not None else unwrap(model).state_dict()
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
     """The optimizer's state dict in the one-device AlexNet's layout (a collective under hybrid)."""
-    split = hybrid.hybrid_of(model)
+    split = hybrid_model(model)
     return hybrid.full_optimizer_state(optimizer, split) if split is not None else optimizer.state_dict()
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, saved: dict[str, Any]) -> None:
-    split = hybrid.hybrid_of(model)
+    split = hybrid_model(model)
     if split is not None:
         hybrid.load_optimizer_state(optimizer, split, saved)
     else:
@@ -776,7 +783,7 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
         # The hybrid's split layers run collectives in their forward; evaluation, where the ranks'
         # batch counts may differ, uses a plain copy with the gathered weights instead (built now,
         # before the loop's RNG is seeded).
-        eval_net = build_model(cfg, plan.num_classes, devices) if hybrid.hybrid_of(model) else None
+        eval_net = build_model(cfg, plan.num_classes, devices) if hybrid_model(model) else None
         optimizer = make_optimizer(cfg, model)
         scheduler = make_scheduler(cfg, optimizer)
         if state is not None:
