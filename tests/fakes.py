@@ -94,6 +94,31 @@ def install(monkeypatch: Any, train_samples: int, dtype: torch.dtype = torch.flo
     monkeypatch.setattr(train, "load_data", load_data)
 
 
+def without_dropout(patch: Any) -> None:
+    """Dropout draws different masks for 1x4 and 2x2 samples; switch it off to compare the arithmetic."""
+    from trainer import train
+
+    original = train.build_model
+
+    def build(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = original(*args, **kwargs)
+        model.dropout.p = 0.0
+        return model
+
+    patch.setattr(train, "build_model", build)
+
+
+def in_float64(patch: Any, train_samples: int) -> None:
+    """The trainer's model in float64 (dropout off) fed float64 images by the fake loaders: the
+    precision in which two orders of a training run are compared (see tests/tolerance.py)."""
+    from trainer import train
+
+    install(patch, train_samples=train_samples, dtype=torch.float64)
+    without_dropout(patch)
+    original = train.build_model
+    patch.setattr(train, "build_model", lambda *a, **kw: original(*a, **kw).to(torch.float64))
+
+
 def write_params(run: Any, config: dict[str, Any], world_size: int = 1) -> None:
     """A params.json shaped as alexnet-train writes it, for report and compare tests on fake runs."""
     params = {"config": config, "git": "abc123", "world_size": world_size, "devices": ["cpu"],

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from tests import fakes
-from tests.test_distributed import without_dropout
-from tests.tolerance import forward_rtol
+from tests.tolerance import LOSS_RTOL, forward_rtol
 from trainer import checkpoint, hybrid, metrics, optim, train
 from trainer.cli import main as train_cli
 from trainer.config import TrainConfig
@@ -124,7 +123,7 @@ def test_hybrid_step_equals_one_process_on_the_global_batch(k: int, sgd: str, dt
     want, got = single(k, sgd, dtype), hybrid_step(k, sgd, dtype, tmp_path)
     # fp32: the same sums in another order (two half batches, the split fc6/fc7, gloo), bounded from
     # the network's reduction lengths (tests/tolerance.py); fp64: the same at 2^-53.
-    rtol = forward_rtol(net(), passes=2) * (2.0 ** -29 if dtype == torch.float64 else 1.0)
+    rtol = forward_rtol(net(), passes=2, dtype=dtype)
     assert got["loss"] == pytest.approx(want["loss"], rel=rtol)
     assert got["grads"].keys() == want["grads"].keys()  # today's names: fc6.0.weight, fc6.1.weight, ...
     for name, g in want["grads"].items():
@@ -145,26 +144,18 @@ def test_hybrid_step_equals_one_process_on_the_global_batch(k: int, sgd: str, dt
 # checkpoints across placements. The fake loaders (tests/fakes.py) give rank r of K the r-th slice
 # of the global batch; dropout is off (its masks are per rank by design).
 #
-# In float64: float32 runs through other kernels (two columns vs grouped, a split fc6/fc7) differ by
-# ~1e-6, and over a few steps that flips a ReLU sitting that close to 0 now and then, which sends
-# that unit's whole gradient elsewhere (measured here: one fc7 unit, 2.3% of fc7.1.bias's scale,
-# between a two-column and a grouped run). At 2^-53 such a near-tie does not happen, so the runs
-# must agree to rounding, and a real fault (a lost momentum buffer, a wrong gradient scale) shows.
-
-
-def in_float64(patch: Any) -> None:
-    """The model in float64 (dropout off), and float64 images from the fake loaders."""
-    fakes.install(patch, train_samples=TRAIN_SAMPLES, dtype=torch.float64)
-    without_dropout(patch)
-    original = train.build_model
-    patch.setattr(train, "build_model", lambda *a, **kw: original(*a, **kw).to(torch.float64))
+# In float64 (tests/tolerance.py says why): float32 runs through other kernels (two columns vs
+# grouped, a split fc6/fc7) differ by ~1e-6, and over a few steps that flips a ReLU sitting that
+# close to 0 now and then (measured here: one fc7 unit, 2.3% of fc7.1.bias's scale, between a
+# two-column and a grouped run). At 2^-53 the runs must agree to rounding, and a real fault (a lost
+# momentum buffer, a wrong gradient scale) shows.
 
 
 def _train_worker(rank: int, k: int, port: int, cfg: dict[str, Any], env: dict[str, str]) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(k), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(k),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **env)
     torch.set_num_threads(1)
-    in_float64(SimpleNamespace(setattr=setattr))
+    fakes.in_float64(SimpleNamespace(setattr=setattr), TRAIN_SAMPLES)
     train.main(TrainConfig.from_dict(cfg))
 
 
@@ -175,10 +166,7 @@ def launch(cfg: TrainConfig, k: int, env: dict[str, str] | None = None) -> None:
 
 TRAIN_SAMPLES = 8  # 2 steps an epoch at global batch 4
 # 4 steps and the final forward, reordered (tests/tolerance.py), at float64's unit roundoff (2^-53)
-RTOL64 = forward_rtol(AlexNet(num_classes=10, devices=("cpu",)), passes=5) * 2.0 ** -29
-# The logged losses are float32 whatever the model (train_step and evaluate cast the logits): a few
-# float32 units of roundoff, summed in another order (measured: 1 unit, 8e-8).
-LOSS_RTOL = 8 * 2.0 ** -24
+RTOL64 = forward_rtol(AlexNet(num_classes=10, devices=("cpu",)), passes=5, dtype=torch.float64)
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -217,7 +205,7 @@ def resumed(src: Path, dst: Path) -> Path:
 
 def test_trainer_hybrid_equals_one_process_and_checkpoints_move(sample_shards: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    in_float64(monkeypatch)
+    fakes.in_float64(monkeypatch, TRAIN_SAMPLES)
     rtol = RTOL64
     straight = tmp_path / "straight"
     train.main(config(sample_shards, straight, epochs=2))  # one process, one device, 2 epochs
@@ -249,7 +237,7 @@ def test_trainer_hybrid_equals_one_process_and_checkpoints_move(sample_shards: P
 def test_trainer_hybrid_at_four_and_switching_k_and_ddp(sample_shards: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """K=4 equals one process; a K=2 hybrid checkpoint continues under K=4 and under DDP."""
-    in_float64(monkeypatch)
+    fakes.in_float64(monkeypatch, TRAIN_SAMPLES)
     rtol = RTOL64
     straight = tmp_path / "straight"
     train.main(config(sample_shards, straight, epochs=2))
@@ -272,7 +260,7 @@ def test_trainer_hybrid_restarted_mid_epoch_continues_exactly(sample_shards: Pat
     """A hybrid job stopped after step 1 of 2 (a mid-epoch checkpoint: per-rank loader, RNG and pending
     loss sums, plus the gathered weights and momentum) and restarted by torchrun ends like one
     uninterrupted process."""
-    in_float64(monkeypatch)
+    fakes.in_float64(monkeypatch, TRAIN_SAMPLES)
     straight = tmp_path / "straight"
     train.main(config(sample_shards, straight))
     run = tmp_path / "restarted"

@@ -248,21 +248,18 @@ def test_grouped_path_equals_the_two_columns(model: AlexNet, split_model: AlexNe
     assert {k: v.shape for k, v in model.state_dict().items()} == {
         k: v.shape for k, v in split_model.state_dict().items()
     }
-    # Rounding alone, bounded from the reduction lengths (tests/tolerance.py): ~4.5e-5 a pass.
-    # Measured: 4.8e-7 on the logits, 1.5e-6 on the gradients (Intel and AMD alike).
-    rtol = forward_rtol(model, passes=2)
+    # A forward pass: rounding alone, bounded from the reduction lengths (tests/tolerance.py), ~4.5e-5
+    # a pass in float32. Measured: 4.8e-7 on the logits (AMD EPYC).
     model.eval(), split_model.eval()
     with torch.no_grad():
-        close(model(images), split_model(images), "eval logits", rtol)
-    # The gradients with He init: under §5's N(0, 0.01) the conv1 gradient is a sum of terms that
-    # cancel to a few per cent of their size, so float32 itself is off by ~5% there (against float64,
-    # either path) and two correct kernels differ by that much; an AMD EPYC's oneDNN kernels did
-    # (2.4%), where a Xeon's happened to round alike. He init keeps every layer's gradient at scale.
+        close(model(images), split_model(images), "eval logits", forward_rtol(model, passes=2))
+    # A training pass in float64 (tests/tolerance.py): in float32 the gradients of two correct kernels
+    # differed by 2.4% of conv1's on an AMD EPYC, where a Xeon's happened to round alike.
     torch.manual_seed(0)
-    grouped = AlexNet(devices=("cpu",), init="kaiming", dropout=0.0)
-    split = AlexNet(devices=("cpu", "cpu"), dropout=0.0)
+    grouped = AlexNet(devices=("cpu",), init="kaiming", dropout=0.0).double()
+    split = AlexNet(devices=("cpu", "cpu"), dropout=0.0).double()
     split.load_state_dict(grouped.state_dict())
-    same_training_pass(grouped, split, images, rtol)
+    same_training_pass(grouped, split, images.double(), forward_rtol(grouped, passes=2, dtype=torch.float64))
 
 
 def same_training_pass(grouped: AlexNet, split: AlexNet, images: torch.Tensor, rtol: float) -> None:
@@ -399,12 +396,13 @@ def test_grouped_dropout_is_inverted_dropout_over_both_columns(model, images, tr
 def test_channels_last_input(request, images: torch.Tensor, which: str) -> None:
     model = request.getfixturevalue(which)
     model.eval()
+    rtol = forward_rtol(model, passes=2)  # a forward pass through other kernels (tests/tolerance.py)
     with torch.no_grad():
         expected = model(images)
-        assert torch.allclose(model(images.to(memory_format=torch.channels_last)), expected, atol=1e-5)
+        close(model(images.to(memory_format=torch.channels_last)), expected, "channels-last input", rtol)
         model.to(memory_format=torch.channels_last)
         try:
-            assert torch.allclose(model(images.to(memory_format=torch.channels_last)), expected, atol=1e-5)
+            close(model(images.to(memory_format=torch.channels_last)), expected, "channels-last model", rtol)
         finally:
             model.to(memory_format=torch.contiguous_format)
 
@@ -620,17 +618,18 @@ def test_batch_norm_grouped_path_equals_the_two_columns(images: torch.Tensor) ->
     """Per-column BatchNorm: the grouped path normalises each column's channels with that column's
     module, in training (batch statistics, running averages updated) and in eval."""
     torch.manual_seed(0)
-    grouped = AlexNet(devices=("cpu",), norm="batch", init="kaiming")
-    split = AlexNet(devices=("cpu", "cpu"), norm="batch")
+    grouped = AlexNet(devices=("cpu",), norm="batch", init="kaiming").double()
+    split = AlexNet(devices=("cpu", "cpu"), norm="batch").double()
     split.load_state_dict(grouped.state_dict())
     for m in (grouped, split):
         m.train()
         m.dropout.p = 0.0
-    rtol = forward_rtol(grouped, passes=2)  # float32 rounding, as in the test without BN
+    images = images.double()
+    rtol = forward_rtol(grouped, passes=2, dtype=torch.float64)  # a training pass: in float64
     same_training_pass(grouped, split, images, rtol)
     for name, value in split.state_dict().items():
         if name.startswith("bn"):
-            close(grouped.state_dict()[name].float(), value.float(), name, rtol)
+            close(grouped.state_dict()[name].double(), value.double(), name, rtol)
     assert split.state_dict()["bn1.1.num_batches_tracked"] == 1
     assert not torch.equal(split.bn1[0].running_mean, split.bn1[1].running_mean)  # each column its own
     grouped.eval(), split.eval()
