@@ -162,6 +162,24 @@ def test_lrn_groups_normalise_each_column_alone(activations: torch.Tensor) -> No
     torch.testing.assert_close(lrn(channels_last, groups=2), expected, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_lrn_keeps_the_dtype_and_memory_format_under_bf16_autocast(groups: int) -> None:
+    """Under bf16 autocast LRN returns bf16 in x's memory format (else pool1/pool2 and the next convs'
+    inputs run in float32), its values those of the float32 LRN of the same bf16 inputs to a few
+    bf16 roundings: each square (2^-9), the window's sum of 5 (4 x 2^-9), the divisor's cast to bf16
+    (2^-9) and the division (2^-9); the 0.75 power shrinks the sum's error, so 8 x 2^-9 = 2^-6 bounds it."""
+    g = torch.Generator().manual_seed(3)
+    x = (30 * torch.randn(2, 96, 7, 7, generator=g)).relu().to(torch.bfloat16)
+    x = x.to(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm()
+    want = lrn(x.float().contiguous(), groups=groups)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = lrn(x, groups=groups)
+    assert got.dtype == torch.bfloat16
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.float(), want, rtol=2.0 ** -6, atol=0)
+
+
 def test_torch_lrn_alpha_is_not_the_papers(activations: torch.Tensor) -> None:
     torch_lrn = nn.LocalResponseNorm(paper.LRN_SIZE, paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K)
     assert not torch.allclose(torch_lrn(activations), lrn_by_hand(activations, paper.LRN_ALPHA), rtol=1e-3)

@@ -89,16 +89,21 @@ class LocalResponseNorm(nn.Module):
 
     def forward(self, x: Tensor, groups: int = 1) -> Tensor:
         """`groups` > 1: the channels are that many columns side by side, each normalised alone
-        (§3.3's window never reaches into the other GPU's kernel maps)."""
-        if groups == 1:
-            return F.local_response_norm(x, self.size, self.torch_alpha, self.beta, self.k)
+        (§3.3's window never reaches into the other GPU's kernel maps). The output has `x`'s dtype
+        and memory format."""
         # F.local_response_norm's own arithmetic, with the columns as avg_pool3d's channels:
-        # zero-pad each column's channels, average the window of squares, then the power.
+        # zero-pad each column's channels, average the window of squares, then the power. Written
+        # out because F.local_response_norm returns float32 under bf16/fp16 autocast (its pow
+        # autocasts to float32, and the division promotes x), which left pool1/pool2 and conv2/conv3's
+        # inputs in float32, and an NCHW result for a channels-last x.
         n, c, h, w = x.shape
         div = (x * x).view(n, groups, c // groups, h, w)
         div = F.pad(div, (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2))
         div = F.avg_pool3d(div, (self.size, 1, 1), stride=1).reshape(n, c, h, w)
-        return x / div.mul(self.torch_alpha).add(self.k).pow(self.beta)
+        div = div.mul(self.torch_alpha).add(self.k).pow(self.beta).to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            div = div.contiguous(memory_format=torch.channels_last)
+        return x / div
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
