@@ -112,17 +112,18 @@ def hybrid_step(k: int, sgd: str, dtype: torch.dtype, tmp: Path) -> dict[str, An
     return torch.load(out)
 
 
+# In float64 (tests/tolerance.py): gradients through a ReLU near 0 are not continuous in the rounding.
 @pytest.mark.parametrize(("k", "sgd", "dtype"), [
-    (2, "paper", torch.float32),
+    (2, "paper", torch.float64),
     (2, "torch", torch.float64),
-    pytest.param(4, "paper", torch.float32, marks=pytest.mark.slow),
     pytest.param(4, "paper", torch.float64, marks=pytest.mark.slow),
+    pytest.param(4, "torch", torch.float64, marks=pytest.mark.slow),
 ])
 def test_hybrid_step_equals_one_process_on_the_global_batch(k: int, sgd: str, dtype: torch.dtype,
                                                            tmp_path: Path) -> None:
     want, got = single(k, sgd, dtype), hybrid_step(k, sgd, dtype, tmp_path)
-    # fp32: the same sums in another order (two half batches, the split fc6/fc7, gloo), bounded from
-    # the network's reduction lengths (tests/tolerance.py); fp64: the same at 2^-53.
+    # The same sums in another order (two half batches, the split fc6/fc7, gloo), bounded from the
+    # network's reduction lengths at float64's unit roundoff (tests/tolerance.py).
     rtol = forward_rtol(net(), passes=2, dtype=dtype)
     assert got["loss"] == pytest.approx(want["loss"], rel=rtol)
     assert got["grads"].keys() == want["grads"].keys()  # today's names: fc6.0.weight, fc6.1.weight, ...
