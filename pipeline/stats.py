@@ -74,7 +74,7 @@ def lighting_scale(eigval: np.ndarray, mode: str) -> np.ndarray:
         return eigval / 255.0
     if mode == "cuda-convnet":
         return np.sqrt(eigval)
-    raise ValueError(f"lighting must be one of {LIGHTING_MODES} or False, got {mode!r}")
+    raise PipelineError(f"lighting must be one of {LIGHTING_MODES} or False, got {mode!r}")
 
 
 def lighting_matrix(stats: Stats, mode: str) -> np.ndarray:

@@ -102,8 +102,16 @@ def test_compare_bad_input_is_one_line(tmp_path: Path) -> None:
 def test_report_of_one_run_is_unchanged(tmp_path: Path) -> None:
     fake_run(tmp_path / "a", 0.4, 0.2)
     result = CliRunner().invoke(report_main, [str(tmp_path / "a")])
-    assert result.exit_code == 0 and (tmp_path / "a" / "summary.md").exists()
-    assert CliRunner().invoke(report_main, [str(tmp_path / "a"), str(tmp_path / "a")]).exit_code == 2
+    assert result.exit_code == 0, result.output
+    summary = (tmp_path / "a" / "summary.md").read_text()
+    # The one-run summary of the fake run's own numbers, and no comparison written anywhere.
+    assert summary.startswith("# a\n")
+    assert "| final (epoch 3) | 40.00% | 20.00% |" in summary
+    assert "| best | 40.00% (epoch 3) | 20.00% (epoch 3) |" in summary
+    assert "| 10-crop, final (§6) | 30.00% | 10.00% |" in summary
+    assert "compare" not in result.output and not list(tmp_path.rglob("compare.md"))
+    twice = CliRunner().invoke(report_main, [str(tmp_path / "a"), str(tmp_path / "a")])
+    assert twice.exit_code == 2 and not list(tmp_path.rglob("compare.md"))
 
 
 def test_compare_garbled_metrics_is_one_line(tmp_path: Path) -> None:

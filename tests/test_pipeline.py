@@ -221,7 +221,7 @@ def test_lighting_scales_follow_the_two_conventions():
     on_01 = eigvec @ (alpha * eigval / 255**2)
     assert np.allclose(lighting_shift(alpha, stats, "paper01"), on_01 * 255)
     assert np.allclose(lighting_matrix(stats, "cuda-convnet") @ alpha, eigvec @ (alpha * np.sqrt(eigval)))
-    with pytest.raises(ValueError):
+    with pytest.raises(PipelineError, match=r"lighting must be one of .* got 'paper'"):
         lighting_scale(eigval, "paper")
 
 

@@ -107,12 +107,18 @@ def test_malformed_metrics_or_params_is_one_line(tmp_path: Path) -> None:
 
 def test_a_half_written_last_line_is_a_write_in_progress(tmp_path: Path) -> None:
     """A run still writing (or killed mid-line) leaves a last line without its newline: skipped."""
+    whole = tmp_path / "whole"
+    fake_run(whole)
     run = tmp_path / "run"
     fake_run(run)
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"kind": "train", "epo')
     result = CliRunner().invoke(report_main, [str(run)])
     assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(report_main, [str(whole)]).exit_code == 0
+    # Skipped: the summary is the one of the same run without the partial line (but for its title).
+    summary = (run / "summary.md").read_text()
+    assert summary.replace("# run", "# whole", 1) == (whole / "summary.md").read_text()
 
 
 def drawn_figure(run: Path, monkeypatch: pytest.MonkeyPatch) -> Any:

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from tools.cli import main
+from tools.manifest import ManifestError
 from tools.resize import decode_stored
 from tools.stats import StatsError, compute
 
@@ -61,7 +62,7 @@ def test_parallel_slow_path_agrees(sample_shards, tmp_path):
 
 
 def test_missing_manifest_and_no_train_are_clear_errors(tmp_path, sample_shards):
-    with pytest.raises(Exception, match="no manifest"):
+    with pytest.raises(ManifestError, match=f"{tmp_path / 'manifest.json'}: no manifest"):
         compute(str(tmp_path))
     copy = tmp_path / "v"
     shutil.copytree(sample_shards, copy)
