@@ -5,7 +5,9 @@ column-by-column path; tests that hook the per-column layers use the latter, and
 checked equal.
 """
 
+import inspect
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -547,9 +549,17 @@ def expected_parameters(columns: int, norm: str, classes: int = paper.NUM_CLASSE
     return count
 
 
-def test_hand_counts_are_the_papers() -> None:
-    assert expected_parameters(2, "lrn") == PAPER_PARAMETERS == 60_965_224
-    assert expected_parameters(1, "lrn") == 59_798_312  # the number the issue quotes for the footnote's net
+def test_the_quoted_parameter_counts_are_the_hand_counts() -> None:
+    """The counts the model's docstring, the checkpoint's message and the README quote are the ones
+    counted by hand above (the two-column net's is also the model's own, in test_parameter_count...)."""
+    import trainer.model
+    from trainer import checkpoint
+
+    two, one = f"{expected_parameters(2, 'lrn'):,}", f"{expected_parameters(1, 'lrn'):,}"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert two in readme and one in readme
+    assert one in inspect.getsource(trainer.model)
+    assert two in checkpoint.TORCHVISION
 
 
 @pytest.mark.parametrize("columns", [2, 1])
