@@ -147,3 +147,72 @@ def test_bad_statistics_fail_verify_with_the_trainers_own_message(shards, fault)
     with pytest.raises(PipelineError) as e:
         load(str(shards))
     assert lines[0] == str(e.value)
+
+
+def _samples(tar_path) -> list[dict]:
+    """The shard's samples as webdataset groups them (key -> its members' bytes)."""
+    import tarfile
+
+    samples: dict[str, dict] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
+    return list(samples.values())
+
+
+def _write(tar_path, samples: list[dict]) -> None:
+    from tools import wds
+
+    with open(tar_path, "wb") as f, wds.TarWriter(f, mtime=0, encoder=False) as w:
+        for s in samples:
+            w.write(s)
+
+
+def _stored_jpeg(height: int, width: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("defect, expected", [
+    ("key twice", "train-000001.tar: {key}: also in train-000000.tar"),
+    ("jpg 255x256", "train-000001.tar: {key}: jpg is (255, 256, 3), expected (256, 256, 3)"),
+    ("lbl other", "train-000001.tar: {key}: lbl does not hold the cls label {label} as int32"),
+    ("lbl short", "train-000001.tar: {key}: lbl does not hold the cls label {label} as int32"),
+    ("json other", "train-000001.tar: {key}: json label differs from cls {label}"),
+    ("json garbled", "train-000001.tar: {key}: json is not valid JSON"),
+    ("cls text", "train-000001.tar: {key}: cls is not an integer (b'cat')"),
+])
+def test_each_sample_check_finds_exactly_its_planted_defect(shards, defect: str, expected: str) -> None:
+    """One defect planted in one sample of train-000001.tar; verify names it with the shard and key,
+    and finds nothing else wrong with the samples (the shard's size and hash differ, as they must)."""
+    import struct
+
+    samples = _samples(shards / "train-000001.tar")
+    target = samples[1]
+    label = int(target["cls"])
+    if defect == "key twice":
+        target["__key__"] = _samples(shards / "train-000000.tar")[0]["__key__"]
+    elif defect == "jpg 255x256":
+        target["jpg"] = _stored_jpeg(255, 256)
+    elif defect == "lbl other":
+        target["lbl"] = struct.pack("<i", (label + 1) % 4)
+    elif defect == "lbl short":
+        target["lbl"] = struct.pack("<h", label)
+    elif defect == "json other":
+        target["json"] = json.dumps({**json.loads(target["json"]), "label": (label + 1) % 4}).encode()
+    elif defect == "json garbled":
+        target["json"] = target["json"][:-1]
+    elif defect == "cls text":
+        target["cls"] = b"cat"
+    _write(shards / "train-000001.tar", samples)
+    problems = verify(str(shards))
+    sample_problems = [p for p in problems if p.count(": ") >= 2 and not p.startswith("pca.json")
+                       and "manifest says" not in p and "sha256" not in p and "index file" not in p]
+    assert sample_problems == [expected.format(key=target["__key__"], label=label)]
