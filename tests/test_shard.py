@@ -144,7 +144,13 @@ def test_merge_refuses_when_a_node_is_missing(tmp_path, sample_src):
 
 def test_subsets_limit_classes_and_per_class(tmp_path, sample_src):
     m = _shard(sample_src, tmp_path / "s", shard_size=100, limit_classes=2, per_class=3)
-    assert len(m["classes"]) == 2
+    # The first 2 wnids in sorted order (the labels' order), read from the source tar by hand.
+    with tarfile.open(sample_src / "ILSVRC2012_img_train.tar") as t:
+        first = sorted(n.removesuffix(".tar") for n in t.getnames())[:2]
+    assert [c["wnid"] for c in m["classes"]] == first
+    with tarfile.open(tmp_path / "s" / "train-000000.tar") as t:
+        keys = {n.split(".")[0] for n in t.getnames()}
+    assert keys and {k.split("_")[0] for k in keys} == set(first)
     assert m["splits"]["train"]["samples"] + len(m["splits"]["train"]["skipped"]) == 6
     assert m["splits"]["val"]["samples"] == 6
 

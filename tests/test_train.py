@@ -97,6 +97,27 @@ def test_plateau_policy_drops_at_most_lr_drops_times() -> None:
     assert lrs[-1] == pytest.approx(paper.LEARNING_RATE * paper.LR_DROP_FACTOR ** paper.LR_DROPS)
 
 
+def test_plateau_counts_only_a_gain_of_lr_threshold_as_progress() -> None:
+    """--lr-threshold is absolute, in top-1 error: a gain smaller than it is a plateau (the lr drops
+    after --lr-patience such epochs), a larger one is progress (the lr stays)."""
+    def lrs(threshold: float, errors: list[float]) -> list[float]:
+        cfg = TrainConfig(shards="", out="", lr_patience=1, lr_threshold=threshold)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        sched = train.make_scheduler(cfg, opt)
+        out = []
+        for err in errors:
+            train.scheduler_step(sched, err)
+            out.append(opt.param_groups[0]["lr"])
+        return out
+
+    creeping = [0.50, 0.49, 0.48, 0.47]  # 0.01 an epoch
+    lr, drop = paper.LEARNING_RATE, paper.LEARNING_RATE * paper.LR_DROP_FACTOR
+    assert lrs(0.0, creeping) == [lr, lr, lr, lr]  # any gain is progress
+    # 0.02: epochs 2 and 3 are no progress; after patience 1 the lr drops at epoch 3.
+    assert lrs(0.02, creeping) == pytest.approx([lr, lr, drop, drop])
+    assert lrs(0.005, creeping) == [lr, lr, lr, lr]
+
+
 def test_step_policy_milestones() -> None:
     cfg = TrainConfig(shards="", out="", lr_policy="step")
     assert cfg.milestones() == (22, 45, 67)  # three drops spread over 90 epochs
