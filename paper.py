@@ -55,7 +55,7 @@ FC_WIDTH = 4096
 
 # The paper's controlled claims: one change to the network or the training, and what it did to the
 # error rates (percentage points, positive = the change raised the error). `alexnet-report --compare`
-# sets a run's measured difference from its baseline beside these; trainer/compare.py reads them.
+# sets a run's measured difference from its baseline beside these; trainer/experiments/compare.py reads them.
 # (switch, value the paper's claim is about, section, top-1 points, top-5 points, the paper's words)
 CLAIMS = (
     ("norm", "none", "§3.3", 1.4, 1.2, "Response normalization reduces our top-1 and top-5 error rates by "

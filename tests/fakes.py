@@ -77,10 +77,10 @@ def fake_val(samples: int, batch_size: int, classes: int, shard_id: int = 0, num
 def install(monkeypatch: Any, train_samples: int, dtype: torch.dtype = torch.float32) -> None:
     """Make trainer.train.load_data build the fakes (classes and val size from the manifest), with
     images of `dtype` (float64 for a model made float64 by the test, see tests/test_hybrid.py)."""
-    from trainer import train
+    from trainer import startup, train
 
     def load_data(cfg: Any, world: Any, devices: Any, loader_state: str | None = None) -> Any:
-        manifest = train.check_shards(cfg.shards)
+        manifest = startup.check_shards(cfg.shards)
         classes, val_samples = len(manifest["classes"]), manifest["splits"]["val"]["samples"]
         per_rank = cfg.batch_size // world.size
         loader = FakeTrainLoader(train_samples, per_rank, classes, cfg.seed, world.rank, world.size,

@@ -7,8 +7,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from tests.test_compare import fake_run
-from trainer import ablations
 from trainer.cli import ablations_main
+from trainer.experiments import ablations
 
 
 def test_print_gives_one_train_command_per_claim() -> None:

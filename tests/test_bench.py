@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from pipeline.bench import command as pipeline_bench
 from pipeline.bench import repeated
 from tests.conftest import SAMPLE
-from trainer.bench import command as train_bench
+from trainer.benchmarks.bench import command as train_bench
 
 
 def test_repeated_lists_every_train_shard_copies_times(pipeline_shards: tuple[Path, dict]) -> None:

@@ -20,8 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from tests.tolerance import forward_rtol
-from trainer import checkpoint, distributed, metrics
-from trainer import train as train_module
+from trainer import checkpoint, distributed, metrics, placement
 from trainer.cli import eval_main, main, report_main
 from trainer.model import AlexNet
 
@@ -237,16 +236,16 @@ def test_default_devices_never_leave_a_visible_gpu_for_the_cpu(monkeypatch, visi
                                                                expected) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     world = distributed.World(rank=local_rank, size=local_size, local_rank=local_rank, local_size=local_size)
-    assert train_module.replica((), world) == expected
+    assert placement.replica((), world) == expected
     # The same GPUs named explicitly, as local rank 0 would name them.
-    named = train_module.default_devices(distributed.World(local_size=local_size))
-    assert train_module.replica(named, world) == expected
+    named = placement.default_devices(distributed.World(local_size=local_size))
+    assert placement.replica(named, world) == expected
 
 
 def test_no_visible_gpu_means_the_cpu_with_a_warning(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.warns(UserWarning, match="no GPU visible .*running on the CPU"):
-        assert train_module.replica((), distributed.World()) == ("cpu",)
+        assert placement.replica((), distributed.World()) == ("cpu",)
 
 
 def test_help_states_the_default_placement_and_why() -> None:

@@ -1,8 +1,9 @@
-"""`alexnet-bench comm` (trainer/comm.py): the byte counter against hand-computed payloads on real gloo
-collectives, the formula against the table of the hybrid design note (HYBRID-NOTES.md §2), and the command.
+"""`alexnet-bench comm` (trainer/benchmarks/comm.py): the byte counter against hand-computed payloads on
+real gloo collectives, the formula against the table of the hybrid design note (HYBRID-NOTES.md §2), and
+the command.
 
 Expected bytes are written out by hand here (ring: all-reduce 2(K-1)/K n s, all-gather and
-reduce-scatter (K-1)/K n s, n elements in all), not taken from trainer/comm.py's formula functions.
+reduce-scatter (K-1)/K n s, n elements in all), not taken from trainer/benchmarks/comm.py's formula functions.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
-from trainer import comm
+from trainer.benchmarks import comm
 from trainer.cli import bench_main
 from trainer.model import AlexNet
 

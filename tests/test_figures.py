@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from trainer.cli import figures_main
-from trainer.figures import Fc7, Nearest, class_names, colourfulness, display, mosaic
+from trainer.experiments.figures import Fc7, Nearest, class_names, colourfulness, display, mosaic
 from trainer.model import AlexNet
 
 

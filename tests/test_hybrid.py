@@ -29,6 +29,7 @@ from trainer import checkpoint, hybrid, metrics, optim, train
 from trainer.cli import main as train_cli
 from trainer.config import TrainConfig
 from trainer.model import AlexNet
+from trainer.state import unwrap
 
 PER_RANK = 2
 CLASSES = 10
@@ -61,7 +62,7 @@ def close(got: torch.Tensor, want: torch.Tensor, rtol: float, name: str) -> None
 
 def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
              labels: torch.Tensor) -> float:
-    """train.train_step's arithmetic: the loss is the mean over this process's images."""
+    """step.train_step's arithmetic: the loss is the mean over this process's images."""
     loss = F.cross_entropy(model(images), labels)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -86,7 +87,7 @@ def _rank(rank: int, k: int, port: int, sgd: str, dtype: torch.dtype, out: str) 
     try:
         device = torch.device("cpu")
         model = hybrid.parallelize(net(dtype), hybrid.mesh(k, device), device)
-        inner = train.unwrap(model)
+        inner = unwrap(model)
         opt = optim.make(sgd, model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         images, labels = batch(k, dtype)
         mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)

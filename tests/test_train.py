@@ -17,10 +17,11 @@ import torch
 import paper
 from pipeline.loader import PAD_LABEL
 from tests import fakes
-from trainer import checkpoint, distributed, metrics, train
+from trainer import build, checkpoint, distributed, metrics, placement, startup, train
 from trainer.config import REASONS, ConfigError, TrainConfig, paper_differences
 from trainer.evaluate import evaluate, evaluate_ensemble
 from trainer.model import AlexNet
+from trainer.step import train_step
 
 
 def small(shards: Path, out: Path, **kw: object) -> TrainConfig:
@@ -67,7 +68,7 @@ def test_train_step_counts_the_top1_hits_of_real_samples() -> None:
     labels = torch.tensor([0, 1, 2, 3, 4, 0, PAD_LABEL, PAD_LABEL])
     predicted = model(images).argmax(1)
     expected = int((predicted[:6] == labels[:6]).sum())
-    loss_sum, n, hits = train.train_step(model, optimizer, images, labels,
+    loss_sum, n, hits = train_step(model, optimizer, images, labels,
                                          lambda d: torch.autocast(d.type, enabled=False)).tolist()
     assert (n, hits) == (6, expected)
     assert train._top1_err(3, 6) == {"top1_err": 0.5}
@@ -88,10 +89,10 @@ def test_epoch_records_hold_the_train_error(sample_shards: Path, tmp_path: Path,
 def test_plateau_policy_drops_at_most_lr_drops_times() -> None:
     cfg = TrainConfig(shards="", out="", lr_patience=0)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched = train.make_scheduler(cfg, opt)
+    sched = build.make_scheduler(cfg, opt)
     lrs = []
     for _ in range(8):  # never improving after the first epoch
-        train.scheduler_step(sched, 0.5)
+        build.scheduler_step(sched, 0.5)
         lrs.append(opt.param_groups[0]["lr"])
     assert len({round(lr, 12) for lr in lrs}) == paper.LR_DROPS + 1
     assert lrs[-1] == pytest.approx(paper.LEARNING_RATE * paper.LR_DROP_FACTOR ** paper.LR_DROPS)
@@ -103,10 +104,10 @@ def test_plateau_counts_only_a_gain_of_lr_threshold_as_progress() -> None:
     def lrs(threshold: float, errors: list[float]) -> list[float]:
         cfg = TrainConfig(shards="", out="", lr_patience=1, lr_threshold=threshold)
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-        sched = train.make_scheduler(cfg, opt)
+        sched = build.make_scheduler(cfg, opt)
         out = []
         for err in errors:
-            train.scheduler_step(sched, err)
+            build.scheduler_step(sched, err)
             out.append(opt.param_groups[0]["lr"])
         return out
 
@@ -122,12 +123,12 @@ def test_step_policy_milestones() -> None:
     cfg = TrainConfig(shards="", out="", lr_policy="step")
     assert cfg.milestones() == (22, 45, 67)  # three drops spread over 90 epochs
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched = train.make_scheduler(cfg, opt)
+    sched = build.make_scheduler(cfg, opt)
     lrs = []
     for _ in range(cfg.epochs):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
-        train.scheduler_step(sched, 0.0)
+        build.scheduler_step(sched, 0.0)
     assert lrs[21] == cfg.lr and lrs[22] == pytest.approx(cfg.lr * paper.LR_DROP_FACTOR)
     assert lrs[-1] == pytest.approx(cfg.lr * paper.LR_DROP_FACTOR ** 3)
 
@@ -217,26 +218,26 @@ def test_lighting_and_augment_reach_the_training_loader(monkeypatch, kwargs: dic
     monkeypatch.setattr(pipeline, "eval_loader", lambda shards, **kw: seen.setdefault("val", kw))
     cfg = TrainConfig(shards="s", out="o", **kwargs)
     world = distributed.World(rank=0, size=1, local_rank=0, local_size=1)
-    _, val = train.load_data(cfg, world, ("cpu",))
+    _, val = build.load_data(cfg, world, ("cpu",))
     val(False)
     default = TrainConfig(shards="s", out="o")
-    base = {**train.loader_args(default, world, ("cpu",)), "seed": 0, "checkpoint": None}
+    base = {**startup.loader_args(default, world, ("cpu",)), "seed": 0, "checkpoint": None}
     assert seen["train"] == {**base, **expected}
-    assert seen["val"] == {**train.loader_args(default, world, ("cpu",)), "crop": "center"}  # untouched
+    assert seen["val"] == {**startup.loader_args(default, world, ("cpu",)), "crop": "center"}  # untouched
 
 
 def test_architecture_switches_reach_the_model() -> None:
     cfg = TrainConfig(shards="s", out="o", channels_last=False, **SWITCHES)
-    model = train.build_model(cfg, 6, ("cpu",))
+    model = build.build_model(cfg, 6, ("cpu",))
     assert (model.norm, model.columns, model.dropout.p) == ("batch", 1, 0.0)
     assert model.pool.kernel_size == 2 and len(model.conv1) == 1
 
 
 def test_batch_norm_scale_and_shift_are_not_weight_decayed() -> None:
-    default = train.make_optimizer(TrainConfig(shards="s", out="o"), AlexNet(num_classes=6, devices=("cpu",)))
+    default = build.make_optimizer(TrainConfig(shards="s", out="o"), AlexNet(num_classes=6, devices=("cpu",)))
     assert len(default.param_groups) == 1  # the paper's net: every parameter decayed, as before
     model = AlexNet(num_classes=6, devices=("cpu",), norm="batch")
-    groups = train.make_optimizer(TrainConfig(shards="s", out="o", norm="batch"), model).param_groups
+    groups = build.make_optimizer(TrainConfig(shards="s", out="o", norm="batch"), model).param_groups
     bn = {id(p) for name, p in model.named_parameters() if name.startswith("bn")}
     assert len(bn) == 8 and [g["weight_decay"] for g in groups] == [paper.WEIGHT_DECAY, 0.0]
     assert {id(p) for p in groups[1]["params"]} == bn
@@ -246,9 +247,9 @@ def test_batch_norm_scale_and_shift_are_not_weight_decayed() -> None:
 @pytest.mark.parametrize("name", list(SWITCHES))
 def test_resume_refuses_a_changed_switch(name: str, tmp_path: Path) -> None:
     saved = TrainConfig(shards="s", out=str(tmp_path))
-    train.check_same_run(saved, saved)  # unchanged: fine
+    startup.check_same_run(saved, saved)  # unchanged: fine
     with pytest.raises(ConfigError, match=f"--resume: --{name} is .* a resumed run must keep it"):
-        train.check_same_run(dataclasses.replace(saved, **{name: SWITCHES[name]}), saved)
+        startup.check_same_run(dataclasses.replace(saved, **{name: SWITCHES[name]}), saved)
 
 
 def test_report_lists_each_switch_with_its_reason() -> None:
@@ -343,4 +344,4 @@ def test_one_column_net_takes_one_device_by_default(monkeypatch, visible: int, l
                                                     local_size: int, expected: tuple[str, ...]) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     world = distributed.World(rank=local_rank, size=local_size, local_rank=local_rank, local_size=local_size)
-    assert train.replica((), world, columns=1) == expected
+    assert placement.replica((), world, columns=1) == expected

@@ -32,7 +32,7 @@ from tools.lock import RunLock, RunLockedError
 from trainer import checkpoint, metrics, train
 from trainer.cli import main as train_cli
 from trainer.config import TrainConfig
-from trainer.train import LOCK_NAME
+from trainer.startup import LOCK_NAME
 
 ARGS = ["--epochs", "2", "--batch-size", "4", "--init", "kaiming", "--log-every", "50", "--devices", "cpu",
         "--precision", "fp32", "--no-channels-last", "--no-progress", "--no-ten-crop"]

@@ -131,10 +131,11 @@ import torch
 from tests import fakes
 from tests.test_train_faults import Tiny
 from trainer import train
+from trainer.state import Position
 model = Tiny(3)
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 loader = fakes.FakeTrainLoader(8, 4, 3)
-train.train_one_epoch(model, opt, loader.epoch(0), train.Position(), torch.device("cpu"), global_batch=4,
+train.train_one_epoch(model, opt, loader.epoch(0), Position(), torch.device("cpu"), global_batch=4,
                       log_every=50, total=len(loader), progress=True)
 """
 

@@ -285,7 +285,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def commands(plan: Plan, out: Path, cores: int) -> dict[str, list[str]]:
     """Each step's command line. alexnet-prep is tools.cli, alexnet-bench's two commands are
-    pipeline.bench and trainer.bench, alexnet-train is trainer.cli, alexnet-report is
+    pipeline.bench and trainer.benchmarks.bench, alexnet-train is trainer.cli, alexnet-report is
     trainer.cli:report_main (pyproject's [project.scripts])."""
     py = sys.executable
     data = out / f"data-{plan.classes}x{plan.train_per_class}"
@@ -307,8 +307,9 @@ def commands(plan: Plan, out: Path, cores: int) -> dict[str, list[str]]:
                      "--copies", str(plan.pipe_copies), "--json", str(out / "bench-pipeline.json")],
     }
     for p in PRECISIONS:
-        cmds[f"bench-{p}"] = [py, "-m", "trainer.bench", "--shards", shards, "--devices", plan.device,
-                              "--precision", p, "--channels-last", "--batch-size", str(plan.bench_batch),
+        cmds[f"bench-{p}"] = [py, "-m", "trainer.benchmarks.bench", "--shards", shards,
+                              "--devices", plan.device, "--precision", p, "--channels-last",
+                              "--batch-size", str(plan.bench_batch),
                               "--steps", str(plan.bench_steps), "--copies", str(plan.bench_copies),
                               "--json", str(out / f"bench-train-{p}.json")]
     cmds["train"] = [py, "-m", "trainer.cli", "--shards", shards, "--out", str(out / "run"),

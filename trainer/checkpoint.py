@@ -3,7 +3,7 @@
 Layout of <run>/checkpoints/:
 
     step-00001234.pt    torch.save of the state: model, optimizer, scheduler, counters, RNG and
-                        loader states (see trainer.train.make_state)
+                        loader states (see trainer.state.make_state)
     step-00001234.json  {"step", "epoch", "batch", "sha256", "bytes", "time"}: written after the .pt
                         (completion marker), so a .pt without it is an unfinished write
 
@@ -102,6 +102,15 @@ def save_weights(path: str | Path, model_state: dict[str, torch.Tensor]) -> Path
     except OSError as e:
         raise CheckpointWriteError(f"{path}: could not write the weights ({e.strerror or e})") from e
     return path
+
+
+def nonfinite_parameter(weights: dict[str, torch.Tensor]) -> str | None:
+    """The first tensor of a state dict holding a NaN or an infinity, or None. One host sync per
+    tensor: run at checkpoint time only, where it costs nothing next to writing ~700 MB."""
+    for name, t in weights.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

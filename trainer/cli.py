@@ -250,11 +250,11 @@ def _errors(result: dict[str, Any]) -> str:
 def report_main(runs: tuple[str, ...], compare: bool, out: str) -> None:
     """Draw RUN's loss, error and lr curves (curves.png) and write summary.md; with --compare,
     one table of RUN [RUN ...] against the first."""
-    from trainer.report import ReportError, report
+    from trainer.experiments.report import ReportError, report
 
     try:
         if compare:
-            from trainer.compare import compare as compare_runs
+            from trainer.experiments.compare import compare as compare_runs
 
             md, png = compare_runs(list(runs), out)
         else:
@@ -277,7 +277,7 @@ def report_main(runs: tuple[str, ...], compare: bool, out: str) -> None:
 def ablations_main(shards: str, out: str, epochs: int, print_only: bool, train_args: tuple[str, ...]) -> None:
     """The paper's ablations: the baseline and one run per claim (§3.2-§4.2), in sequence, then
     `alexnet-report --compare`. Flags after `--` go to every alexnet-train run."""
-    from trainer.ablations import main as ablations
+    from trainer.experiments.ablations import main as ablations
 
     if epochs < 1:
         raise click.BadParameter(f"must be positive, got {epochs}", param_hint="--epochs")
@@ -299,8 +299,8 @@ def figures_main(run_dir: str, shards: str, images: int, max_train: int | None, 
     """The paper's Figures 3 and 4 (§6.1) from RUN_DIR's latest checkpoint: figure3.png (conv1 kernels per
     column, with a colourfulness score each) and figure4.png (val images, their top-5 and the 6 training
     images nearest in fc7 space), written into RUN_DIR."""
-    from trainer.figures import FigureError
-    from trainer.figures import main as figures
+    from trainer.experiments.figures import FigureError
+    from trainer.experiments.figures import main as figures
 
     for name, value in (("--images", images), ("--batch-size", batch_size), ("--max-train", max_train or 1)):
         if value < 1:
@@ -320,8 +320,8 @@ def bench_main() -> None:
 
 
 def _add_bench_commands() -> None:
-    from trainer.bench import command as train_command
-    from trainer.comm import command as comm_command
+    from trainer.benchmarks.bench import command as train_command
+    from trainer.benchmarks.comm import command as comm_command
 
     bench_main.add_command(train_command, "train")
     bench_main.add_command(comm_command, "comm")

@@ -156,16 +156,16 @@ def evaluate_ensemble(models: Sequence[nn.Module], loader: Iterable[Any], device
 def weights_state(path: Any) -> dict[str, Any]:
     """A weights-only file (a run's best.pt or final.pt) as a checkpoint-like state: the settings the
     model needs (LRN variant, switches, input normalisation) come from the run's params.json beside it."""
-    from trainer import checkpoint, train
+    from trainer import checkpoint, startup
     from trainer.config import ConfigError
 
     weights = checkpoint.load_weights(path)
-    if not (path.parent / train.PARAMS).exists():
-        raise ConfigError(f"--checkpoint: {path} holds weights only, and {path.parent / train.PARAMS} (the "
+    if not (path.parent / startup.PARAMS).exists():
+        raise ConfigError(f"--checkpoint: {path} holds weights only, and {path.parent / startup.PARAMS} (the "
                           "run's LRN and input normalisation) is not beside it")
     if "fc8.weight" not in weights:
         raise ConfigError(f"--checkpoint: {path} is not an AlexNet state dict (no fc8.weight)")
-    return {"model": weights, "config": train.read_params(path.parent)["config"],
+    return {"model": weights, "config": startup.read_params(path.parent)["config"],
             "num_classes": weights["fc8.weight"].shape[0]}
 
 
@@ -199,7 +199,7 @@ def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = Fal
     each member's "checkpoint" path; one checkpoint (a str, or a sequence of one): `evaluate`'s dict.
     """
     import pipeline
-    from trainer import train
+    from trainer import placement, startup
     from trainer.config import ConfigError, TrainConfig, check_local, local_path
     from trainer.model import AlexNet
 
@@ -213,8 +213,8 @@ def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = Fal
     check_local(shards, "--shards")
     for p in paths:
         check_local(p, "--checkpoint")
-    devices = train.replica(devices, world)
-    manifest = train.check_shards(shards)
+    devices = placement.replica(devices, world)
+    manifest = startup.check_shards(shards)
     # The eval loader pads every rank's last batch up to the full batch size, so a batch beyond the
     # split is all padding: --batch-size 100000 on 16 images grew to 12.8 GB. At most the split,
     # rounded up to a multiple of the processes.
@@ -236,7 +236,7 @@ def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = Fal
                       precision=precision, channels_last=False)
     try:
         loader = pipeline.eval_loader(shards, crop="ten" if ten_crop else "center",
-                                      **train.loader_args(cfg, world, devices))
+                                      **startup.loader_args(cfg, world, devices))
     except pipeline.PipelineError as e:
         raise ConfigError(f"--shards: {e}") from e
 
@@ -245,12 +245,12 @@ def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = Fal
         torch.cuda.set_device(device)
     distributed.init(world, "nccl" if device.type == "cuda" else "gloo")
     try:
-        autocast = train.set_precision(precision)
+        autocast = placement.set_precision(precision)
         models = []
         for source, st, sv in zip(paths, states, saves, strict=True):
             # The run's own architecture switches; the one-column net takes the replica's first device.
             model = AlexNet(num_classes=st["num_classes"], devices=devices if sv.columns > 1 else devices[:1],
-                            lrn_variant=sv.lrn, **train.model_args(sv))
+                            lrn_variant=sv.lrn, **startup.model_args(sv))
             try:
                 model.load_state_dict(st["model"])
             except RuntimeError as e:  # torch lists every missing/unexpected key: the first line says enough

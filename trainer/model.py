@@ -156,7 +156,7 @@ class AlexNet(nn.Module):
         the ReLU's input, a second change). Per column, as LRN: each column's BN sees only its own
         channels (`bn1.0`/`bn1.1`, `bn2.0`/`bn2.1`); per-channel statistics make that the same as one
         BN over the concatenated channels. Its scale and shift are not weight-decayed
-        (trainer/train.py `make_optimizer` says why). Under torchrun each replica's BN normalises over
+        (trainer/build.py `make_optimizer` says why). Under torchrun each replica's BN normalises over
         its own share of the global batch (plain BatchNorm2d, not SyncBatchNorm; DDP broadcasts rank
         0's running statistics), so N processes change the statistics, unlike the rest of the recipe.
     pool: "overlap" (§3.4: 3x3 windows, stride 2) or "nonoverlap" (2x2, stride 2); both give 27, 13

@@ -4,7 +4,7 @@
     alexnet-bench train --shards shards/ --precision bf16 --devices cuda:0
     alexnet-bench train --shards shards/ --devices cpu            # CPU: batch 16, 5 steps, ~1-2 minutes
     alexnet-bench train --devices cuda:0 --precision bf16 --compile-mode max-autotune   # synthetic only
-    python -m trainer.bench --shards sample/ --precision bf16 --copies 5 --json out/train-bf16.json
+    python -m trainer.benchmarks.bench --shards sample/ --precision bf16 --copies 5 --json out/train-bf16.json
 
 Both measurements run the same train step (forward, loss, backward, SGD) in one process, so their
 ratio is the cost of the input: synthetic input is the ceiling, and the data-wait share says how
@@ -57,7 +57,7 @@ def measure(model: Any, optimizer: Any, batches: Any, steps: int, devices: tuple
     import torch
 
     from trainer.metrics import DataWait
-    from trainer.train import to_device, train_step
+    from trainer.step import to_device, train_step
 
     model.train()
     device = torch.device(devices[0])
@@ -107,15 +107,15 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
     import torch
 
     from tools import atomic
-    from trainer import distributed, train
+    from trainer import build, distributed, placement, startup
     from trainer.config import ConfigError, TrainConfig
     from trainer.metrics import machine
 
     world = distributed.World()
-    devs = tuple(d for d in (devices or "").split(",") if d) or train.default_devices(world)
+    devs = tuple(d for d in (devices or "").split(",") if d) or placement.default_devices(world)
     try:
-        train.check_devices(devs)
-        manifest = train.check_shards(shards) if shards else None
+        placement.check_devices(devs)
+        manifest = startup.check_shards(shards) if shards else None
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     device = torch.device(devs[0])
@@ -127,11 +127,11 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
     num_classes = len(manifest["classes"]) if manifest else paper.NUM_CLASSES
     cfg = TrainConfig(shards=shards or "", out="", batch_size=batch_size, init=init, devices=devs,
                       precision=precision, channels_last=channels_last)
-    autocast = train.set_precision(precision)
+    autocast = placement.set_precision(precision)
 
     rows = []
-    model = train.build_model(cfg, num_classes, devs)
-    optimizer = train.make_optimizer(cfg, model)
+    model = build.build_model(cfg, num_classes, devs)
+    optimizer = build.make_optimizer(cfg, model)
     if compile_mode != "none":
         model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
     # One fixed batch already on the device: the ceiling with free input.
@@ -144,7 +144,7 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
         from pipeline.bench import repeated
 
         with repeated(shards, copies) as folder:
-            loader, _ = train.load_data(dataclasses.replace(cfg, shards=folder), world, devs)
+            loader, _ = build.load_data(dataclasses.replace(cfg, shards=folder), world, devs)
             batches_per_epoch = len(loader)
             # Epochs back to back, as in training.
             batches = itertools.chain.from_iterable(loader.epoch(e) for e in itertools.count())

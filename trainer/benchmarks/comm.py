@@ -48,6 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import paper
 from trainer import distributed
+from trainer.build import build_model, make_optimizer, parallelize
 from trainer.config import PARALLEL_MODES, TrainConfig
 from trainer.model import AlexNet
 
@@ -271,13 +272,11 @@ def build(mode: str, num_classes: int, rank: int, k: int) -> tuple[nn.Module, to
     """The trainer's model and optimizer for `alexnet-train --parallel mode` on this rank (the process
     group is up), and the AlexNet inside. The bytes depend on none of the settings left at their
     defaults or set here for the CPU (kaiming init, NCHW), only on the layer sizes and B."""
-    from trainer import train  # here: it loads DALI, which only the ranks need
-
     cfg = TrainConfig(shards="", out="", init="kaiming", devices=("cpu",), parallel=mode, precision="fp32",
                       channels_last=False)
-    net = train.build_model(cfg, num_classes, cfg.devices)
-    model = train.parallelize(net, cfg, distributed.World(rank, k, rank, k), cfg.devices)
-    return model, train.make_optimizer(cfg, model), net
+    net = build_model(cfg, num_classes, cfg.devices)
+    model = parallelize(net, cfg, distributed.World(rank, k, rank, k), cfg.devices)
+    return model, make_optimizer(cfg, model), net
 
 
 def _rank(rank: int, k: int, port: int, mode: str, per_rank: int, num_classes: int, out: str) -> None:
@@ -285,7 +284,8 @@ def _rank(rank: int, k: int, port: int, mode: str, per_rank: int, num_classes: i
     torch.set_num_threads(1)  # K processes share the cores
     dist.init_process_group("gloo", rank=rank, world_size=k)
     try:
-        from trainer.train import set_precision, train_step
+        from trainer.placement import set_precision
+        from trainer.step import train_step
 
         fp32 = set_precision("fp32")
         model, opt, net = build(mode, num_classes, rank, k)
@@ -428,7 +428,7 @@ def command(nproc: int, per_rank: int, classes: int, json_path: str | None) -> N
     Every collective is counted at the dispatcher (DTensor's functional collectives, c10d's ops) and
     DDP's gradient buckets at a communication hook, each as the bytes a rank sends in a ring
     algorithm: all-reduce 2(K-1)/K n s, all-gather and reduce-scatter (K-1)/K n s. Exits 1 if a
-    count is not the formula's. The formula is in trainer/comm.py and docs/PERFORMANCE.md.
+    count is not the formula's. The formula is in trainer/benchmarks/comm.py and docs/PERFORMANCE.md.
     """
     import tempfile
 

@@ -283,7 +283,7 @@ def main(run_dir: str, shards: str, images: int = 5, max_train: int | None = Non
 
     import pipeline
     from pipeline.stats import load as load_stats
-    from trainer import checkpoint, train
+    from trainer import build, checkpoint, startup
     from trainer.config import ConfigError, TrainConfig
 
     run = Path(run_dir)
@@ -295,7 +295,7 @@ def main(run_dir: str, shards: str, images: int = 5, max_train: int | None = Non
         raise FigureError(f"{run}: no checkpoint (not an alexnet-train run folder, or no step finished)")
     state = found[0]
     try:
-        manifest = train.check_shards(shards)
+        manifest = startup.check_shards(shards)
     except ConfigError as e:
         raise FigureError(str(e)) from None
     if state["num_classes"] != len(manifest["classes"]):
@@ -304,7 +304,7 @@ def main(run_dir: str, shards: str, images: int = 5, max_train: int | None = Non
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # The network the run trained (its switches included), from its saved settings.
     cfg = dataclasses.replace(TrainConfig.from_dict(state["config"]), channels_last=False)
-    model = train.build_model(cfg, state["num_classes"], (str(dev),))
+    model = build.build_model(cfg, state["num_classes"], (str(dev),))
     model.load_state_dict(state["model"])
     model.eval()
 

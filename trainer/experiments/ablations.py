@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import paper
-from trainer.compare import CLAIMS
 from trainer.config import flag
+from trainer.experiments.compare import CLAIMS
 
 BASELINE = "baseline"
 # Run folder names, one per claim (switch, value), so a folder says what it changed.
@@ -72,7 +72,7 @@ def main(shards: str, out: str, epochs: int = paper.EPOCHS, extra: Sequence[str]
             failed.append(run_dir)
             echo(f"error: {run_dir} failed; continuing with the others")
     if finished and Path(finished[0]).name == BASELINE:
-        from trainer.compare import compare
+        from trainer.experiments.compare import compare
 
         md, png = compare(finished, out)
         echo(f"wrote {md} and {png}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import paper
 from trainer.config import TrainConfig, paper_differences
-from trainer.report import ReportError, _option, _pct, load
+from trainer.experiments.report import ReportError, _option, _pct, load
 
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
