@@ -15,7 +15,7 @@ import torch
 from tests.tolerance import forward_rtol
 from trainer import checkpoint
 from trainer.model import AlexNet
-from trainer.train import unwrap
+from trainer.state import unwrap
 
 
 def state(value: float) -> dict:
@@ -239,3 +239,16 @@ def test_remove_temp_files_takes_only_temp_files(tmp_path: Path) -> None:
     assert sorted(checkpoint.remove_temp_files(tmp_path)) == sorted(temps)
     assert not any(p.exists() for p in temps) and (tmp_path / "notes.tmp-1-ab").exists()
     assert checkpoint.load_latest(tmp_path)[1].name == "step-00000001.pt"
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "weights"])
+def test_non_finite_weights_are_never_written(tmp_path: Path, kind: str) -> None:
+    """Issue 17 §5: every weights file (a checkpoint, best.pt, final.pt) goes through one write that
+    refuses NaN and infinite weights; nothing is left behind, not even a temp file."""
+    weights = {"fc.weight": torch.tensor([1.0, float("inf")]), "fc.bias": torch.zeros(2)}
+    with pytest.raises(checkpoint.NonFiniteWeights, match=r"non-finite weights \(fc\.weight\)"):
+        if kind == "checkpoint":
+            checkpoint.save(tmp_path, {"model": weights, "step": 1}, 1, 0, 1)
+        else:
+            checkpoint.save_weights(tmp_path / checkpoint.BEST, weights)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -280,6 +280,20 @@ def test_non_finite_weights_are_never_checkpointed(sample_shards: Path, tmp_path
         assert all(torch.isfinite(t).all() for t in state["model"].values()), path
 
 
+def test_a_diverged_run_leaves_no_non_finite_weights_file(sample_shards: Path, tmp_path: Path,
+                                                         tiny: None) -> None:
+    """Issue 17 §5: `--lr 1e5` on the demo sample exited 1 but left NaN weights in best.pt: the epoch's
+    end validated the weights and wrote best.pt before the checkpoint's check. No file may hold them."""
+    out = tmp_path / "run"
+    # 2 steps per epoch and --log-every 50: the weights overflow before any loss check, so the first
+    # look at them is the end of epoch 0 (validation, best.pt, the checkpoint).
+    result = cli("--shards", str(sample_shards), "--out", str(out), *ARGS, "--lr", "1e38")
+    one_line_error(result, 1, "non-finite weights (net.3.weight) at step 2")
+    files = [out / checkpoint.BEST, out / checkpoint.FINAL, *checkpoint.candidates(out)]
+    for path in (p for p in files if p.exists()):
+        assert all(torch.isfinite(t).all() for t in checkpoint.load_weights(path).values()), path
+
+
 # ---- 9: other shards on --resume ---------------------------------------------------------------------
 
 

@@ -57,6 +57,10 @@ class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (full disk, lost mount); nothing partial was left behind."""
 
 
+class NonFiniteWeights(CheckpointWriteError):
+    """Weights holding a NaN or an infinity (a diverged run): refused, nothing was written."""
+
+
 def folder(run_dir: str | Path) -> Path:
     return Path(run_dir) / DIRNAME
 
@@ -70,9 +74,7 @@ def save(run_dir: str | Path, state: dict[str, Any], step: int, epoch: int, batc
         d.mkdir(parents=True, exist_ok=True)
         # atomic_write removes its temp file when the write fails (a full disk: ENOSPC), so the
         # previous checkpoints stay the newest complete ones.
-        with atomic.atomic_write(str(path)) as f:
-            w = atomic.HashingWriter(f)
-            torch.save(state, w)
+        w = _write(path, state, state["model"])
         meta = {"step": step, "epoch": epoch, "batch": batch, "sha256": w.sha.hexdigest(), "bytes": w.size,
                 "time": time.time()}
         try:
@@ -97,11 +99,25 @@ def save_weights(path: str | Path, model_state: dict[str, torch.Tensor]) -> Path
     path = Path(path)
     weights = {k: v.detach().cpu() for k, v in model_state.items()}
     try:
-        with atomic.atomic_write(str(path)) as f:
-            torch.save(weights, f)
+        _write(path, weights, weights)
     except OSError as e:
         raise CheckpointWriteError(f"{path}: could not write the weights ({e.strerror or e})") from e
     return path
+
+
+def _write(path: Path, obj: Any, weights: dict[str, torch.Tensor]) -> atomic.HashingWriter:
+    """torch.save `obj` to `path` through tools.atomic, unless `weights` (the model state it holds)
+    has a NaN or an infinity: then NonFiniteWeights, and nothing is written. Every weights file goes
+    through here (checkpoints, best.pt, final.pt, any format added later), so none ever holds a
+    diverged model: a NaN best.pt would poison alexnet-eval and --init-from, a NaN checkpoint every
+    later --resume. Returns the writer, for the file's sha256 and size."""
+    bad = nonfinite_parameter(weights)
+    if bad is not None:
+        raise NonFiniteWeights(f"{path}: non-finite weights ({bad}); not written")
+    with atomic.atomic_write(str(path)) as f:
+        w = atomic.HashingWriter(f)
+        torch.save(obj, w)
+    return w
 
 
 def nonfinite_parameter(weights: dict[str, torch.Tensor]) -> str | None:

@@ -17,7 +17,8 @@ trainer/step.py, the checkpointed state in trainer/state.py. The run folder gets
 
 Faults (README, "When things go wrong"): rank 0 holds `<out>/.lock` for the whole run
 (tools/lock.py); SIGTERM/SIGINT stop at the next step with a checkpoint (exit 128 + signal); no
-checkpoint is written with non-finite weights; --resume refuses other shards.
+weights file (checkpoint, best.pt, final.pt) is written with non-finite weights; --resume refuses
+other shards.
 """
 
 from __future__ import annotations
@@ -234,17 +235,20 @@ class Run:
     def log(self) -> Callable[[dict[str, Any]], None] | None:
         return self.run_log.write if self.run_log else None
 
+    def check_finite(self, weights: dict[str, Tensor]) -> None:
+        """Raise FloatingPointError if `weights` hold a NaN or an infinity: before any file gets them.
+        Every rank checks (DDP keeps the weights equal, and the hybrid's are gathered on every rank),
+        so all stop together; trainer.checkpoint's writes refuse them too, on rank 0 alone."""
+        bad = nonfinite_parameter(weights)
+        if bad is not None:
+            raise FloatingPointError(f"non-finite weights ({bad}) at step {self.pos.step}: diverged (try "
+                                     "a lower --lr); no checkpoint written for it, earlier ones are kept")
+
     def save(self, weights: dict[str, Tensor] | None = None) -> None:
         """A checkpoint of the current position (`weights`: `weights_state(model)`, if at hand)."""
         pos = self.pos
-        # Every rank checks (DDP keeps the weights equal, and the hybrid's are gathered on every
-        # rank, so all stop together): a checkpoint with NaN weights would make every later
-        # --resume diverge from the start.
         weights = weights if weights is not None else weights_state(self.model)
-        bad = nonfinite_parameter(weights)
-        if bad is not None:
-            raise FloatingPointError(f"non-finite weights ({bad}) at step {pos.step}: diverged (try "
-                                     "a lower --lr); no checkpoint written for it, earlier ones are kept")
+        self.check_finite(weights)
         s = make_state(self.model, self.optimizer, self.scheduler, pos, self.train_loader, self.cfg,
                        self.plan.num_classes, self.world, self.plan.devices, self.shards, weights)
         if s is not None:
@@ -436,6 +440,7 @@ def end_epoch(r: Run, train: dict[str, float], epoch_s: float, images_per_s: flo
         tqdm.write(f"epoch {pos.epoch}: train loss {train['train_loss']:.4f}, val top-1 err "
                    f"{val['val_top1_err']:.4f}, top-5 err {val['val_top5_err']:.4f}, "
                    f"{images_per_s:.0f} img/s, data wait {train['data_wait']:.0%}", file=sys.stderr)
+    r.check_finite(weights)  # validation takes NaN weights too: none may reach best.pt
     if world.main and val["val_top1_err"] < r.best:
         r.best = val["val_top1_err"]
         checkpoint.save_weights(r.out / checkpoint.BEST, weights)
