@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import lzma
+import shutil
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,12 +32,14 @@ OLD_VAL = {"val_loss": 1.3862947225570679, "val_top1_err": 0.75}
 
 
 @pytest.fixture(scope="module")
-def old_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The old run folder, unpacked (455 MB checkpoint, 228 MB best.pt). Treat as read-only."""
+def old_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The old run folder, unpacked (455 MB checkpoint, 228 MB best.pt). Treat as read-only. Removed
+    after the module's tests: pytest keeps the temp folders of the last runs, and these are large."""
     folder = tmp_path_factory.mktemp("old-run")
     with lzma.open(OLD_RUN) as xz, tarfile.open(fileobj=xz) as tar:
         tar.extractall(folder, filter="data")
-    return folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def old_config(state: dict, shards: Path, out: Path, **changes: object) -> TrainConfig:
@@ -74,6 +78,7 @@ def test_resume_continues_the_old_checkpoint(old_run: Path, sample_shards: Path,
     resume = [r for r in metrics.read(out) if r["kind"] == "resume"]
     assert [(r["step"], r["epoch"], r["batch"]) for r in resume] == [(3, 1, 0)]
     assert [p.name for p in checkpoint.complete(out)] == ["step-00000006.pt", STEP]
+    shutil.rmtree(out)  # ~1.4 GB of full-size checkpoints and weights: see `old_run`
 
 
 @pytest.mark.parametrize("name", [checkpoint.BEST, f"checkpoints/{STEP}"])

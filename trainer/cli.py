@@ -70,83 +70,103 @@ def _warnings_to_stderr() -> None:
         f"warning: {message}", err=True)
 
 
+# alexnet-train's options in --help order: a tuple applied by `_options` rather than 40 stacked
+# decorators, so that `main` reads as one screen.
+TRAIN_OPTIONS = (
+    click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`."),
+    click.option("--out", default="runs/alexnet",
+                 help="Run folder: params, metrics, TensorBoard, checkpoints."),
+    click.option("--epochs", type=int, default=paper.EPOCHS, help="Passes over the training set (§5: ~90)."),
+    click.option("--batch-size", type=int, default=paper.BATCH_SIZE,
+                 help="GLOBAL batch (§5: 128), split evenly over the torchrun processes."),
+    click.option("--lr", type=float, default=paper.LEARNING_RATE, help="Initial learning rate (§5)."),
+    click.option("--momentum", type=float, default=paper.MOMENTUM, help="SGD momentum (§5)."),
+    click.option("--weight-decay", type=float, default=paper.WEIGHT_DECAY, help="L2 weight decay (§5)."),
+    click.option("--lr-policy", type=click.Choice(LR_POLICIES), default="plateau",
+                 help="plateau: divide by 10 when val top-1 error stops improving (§5); "
+                      "step: at --lr-milestones."),
+    click.option("--lr-patience", type=int, default=3,
+                 help="plateau: epochs without improvement before a drop (the paper gives none)."),
+    click.option("--lr-threshold", type=float, default=1e-3,
+                 help="plateau: absolute fall of val top-1 error that counts as improving."),
+    click.option("--lr-drops", type=int, default=paper.LR_DROPS, help="At most this many drops (§5: three)."),
+    click.option("--lr-milestones", default=None,
+                 help="step: comma-separated epochs to divide the lr by 10 at "
+                      "[default: --lr-drops evenly spaced]."),
+    click.option("--init", type=click.Choice(INITS), default="paper",
+                 help="paper: §5 N(0, 0.01) weights, biases 0/1. Paper init needs many epochs before the "
+                      "loss moves (measured on a 6-class 240-image sample on CPU: 8 epochs at lr 0.01 stay "
+                      "at chance); use kaiming for short CPU demos."),
+    click.option("--sgd", type=click.Choice(SGD_VARIANTS), default="paper",
+                 help="paper: §5's rule v = 0.9v - 5e-4 lr w - lr g, w += v; torch: torch.optim.SGD "
+                      "(identical steps at constant lr, not right after an lr drop)."),
+    click.option("--lrn", type=click.Choice(LRN_VARIANTS), default="paper",
+                 help="LRN as printed in §3.3, or cuda-convnet's alpha / n."),
+    # The paper's ablations (README "The paper's experiments"); each default is the paper's network.
+    click.option("--norm", type=click.Choice(NORMS), default="lrn",
+                 help="After conv1/conv2's ReLU: §3.3's LRN, nothing, or BatchNorm in LRN's place "
+                      "(its scale and shift are not weight-decayed)."),
+    click.option("--pool", type=click.Choice(tuple(POOLS)), default="overlap",
+                 help="§3.4: overlapping 3x3 stride-2 max-pooling, or nonoverlap 2x2 stride 2."),
+    click.option("--columns", type=click.Choice([str(c) for c in COLUMN_CHOICES]), default="2",
+                 callback=lambda _ctx, _param, value: int(value),
+                 help="§3.2: two columns, or 1: the footnote's one-column net (48-128-192-192-256 kernels, "
+                      "FC 4096-4096; one device)."),
+    click.option("--dropout", type=float, default=paper.DROPOUT,
+                 help="§4.2: dropout p on fc6 and fc7 (0: off)."),
+    click.option("--lighting", type=click.Choice(LIGHTINGS), default="paper01",
+                 help="§4.1 PCA lighting: alpha ~ N(0, 0.1) (paper01), cuda-convnet's variant, or off."),
+    click.option("--augment", type=click.Choice(AUGMENTS), default="full",
+                 help="§4.1: random crops, flips and lighting (full), or none: the centre crop only."),
+    click.option("--mean", type=click.Choice(MEAN_MODES), default=None,
+                 help="Input normalisation: image = §2's raw RGB minus the mean image (what paper init is "
+                      "sized for); channel = (x - mean) / std per channel (what kaiming init assumes) "
+                      "[default: image with --init paper, channel with --init kaiming]."),
+    click.option("--devices", default=None, help=DEVICES_HELP),
+    click.option("--parallel", type=click.Choice(PARALLEL_MODES), default="ddp",
+                 help="Under torchrun: ddp = model replicas, every gradient all-reduced; hybrid = "
+                      "Krizhevsky's 2014 scheme: conv layers and fc8 data-parallel, fc6/fc7 split across all "
+                      "processes over the global batch (one device per process; ~6x less traffic at 2 "
+                      "processes, 3x at 8). Same network, same gradients, same checkpoints: a run may switch "
+                      "at an epoch boundary. One process: no difference."),
+    click.option("--precision", type=click.Choice(PRECISIONS), default="tf32",
+                 help="fp32: strict; tf32: TF32 tensor cores for convs/matmuls; bf16: autocast. "
+                      "Storage is fp32."),
+    click.option("--channels-last/--no-channels-last", default=True, help="NHWC memory layout."),
+    click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
+    click.option("--seed", type=int, default=0, help="All randomness flows from (seed, epoch, rank)."),
+    click.option("--log-every", type=int, default=50, help="Steps between loss syncs and log lines."),
+    click.option("--checkpoint-every", type=int, default=0,
+                 help="Steps between mid-epoch checkpoints (0: only at the end of each epoch)."),
+    click.option("--max-steps", type=int, default=0,
+                 help="Stop with a checkpoint after this many steps in all (0: no limit); "
+                      "continue with --resume."),
+    click.option("--ten-crop/--no-ten-crop", default=True, help="Final 10-patch evaluation (§6)."),
+    click.option("--resume", is_flag=True, help="Continue the run in --out from its latest good checkpoint."),
+    click.option("--note", default="",
+                 help="Why this run differs from the paper; kept in params.json and the report."),
+    click.option("--progress/--no-progress", default=True,
+                 help="tqdm progress bars (TQDM_DISABLE=1 turns them off too)."),
+    click.option("--init-from", default="",
+                 help="Start from these weights (a run's best.pt or final.pt, or a checkpoint): fine-tuning. "
+                      "With another class count fc8 starts fresh."),
+)
+
+
+def _options(options: tuple[Any, ...]) -> Any:
+    """Apply click options in the order given (decorators apply bottom-up)."""
+
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
 @click.command(context_settings=CONTEXT)
 @version.option("alexnet-train")
-@click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
-@click.option("--out", default="runs/alexnet", help="Run folder: params, metrics, TensorBoard, checkpoints.")
-@click.option("--epochs", type=int, default=paper.EPOCHS, help="Passes over the training set (§5: ~90).")
-@click.option("--batch-size", type=int, default=paper.BATCH_SIZE,
-              help="GLOBAL batch (§5: 128), split evenly over the torchrun processes.")
-@click.option("--lr", type=float, default=paper.LEARNING_RATE, help="Initial learning rate (§5).")
-@click.option("--momentum", type=float, default=paper.MOMENTUM, help="SGD momentum (§5).")
-@click.option("--weight-decay", type=float, default=paper.WEIGHT_DECAY, help="L2 weight decay (§5).")
-@click.option("--lr-policy", type=click.Choice(LR_POLICIES), default="plateau",
-              help="plateau: divide by 10 when val top-1 error stops improving (§5); "
-                   "step: at --lr-milestones.")
-@click.option("--lr-patience", type=int, default=3,
-              help="plateau: epochs without improvement before a drop (the paper gives none).")
-@click.option("--lr-threshold", type=float, default=1e-3,
-              help="plateau: absolute fall of val top-1 error that counts as improving.")
-@click.option("--lr-drops", type=int, default=paper.LR_DROPS, help="At most this many drops (§5: three).")
-@click.option("--lr-milestones", default=None,
-              help="step: comma-separated epochs to divide the lr by 10 at "
-                   "[default: --lr-drops evenly spaced].")
-@click.option("--init", type=click.Choice(INITS), default="paper",
-              help="paper: §5 N(0, 0.01) weights, biases 0/1. Paper init needs many epochs before the loss "
-                   "moves (measured on a 6-class 240-image sample on CPU: 8 epochs at lr 0.01 stay at "
-                   "chance); use kaiming for short CPU demos.")
-@click.option("--sgd", type=click.Choice(SGD_VARIANTS), default="paper",
-              help="paper: §5's rule v = 0.9v - 5e-4 lr w - lr g, w += v; torch: torch.optim.SGD "
-                   "(identical steps at constant lr, not right after an lr drop).")
-@click.option("--lrn", type=click.Choice(LRN_VARIANTS), default="paper",
-              help="LRN as printed in §3.3, or cuda-convnet's alpha / n.")
-# The paper's ablations (README "The paper's experiments"); each default is the paper's network.
-@click.option("--norm", type=click.Choice(NORMS), default="lrn",
-              help="After conv1/conv2's ReLU: §3.3's LRN, nothing, or BatchNorm in LRN's place "
-                   "(its scale and shift are not weight-decayed).")
-@click.option("--pool", type=click.Choice(tuple(POOLS)), default="overlap",
-              help="§3.4: overlapping 3x3 stride-2 max-pooling, or nonoverlap 2x2 stride 2.")
-@click.option("--columns", type=click.Choice([str(c) for c in COLUMN_CHOICES]), default="2",
-              callback=lambda _ctx, _param, value: int(value),
-              help="§3.2: two columns, or 1: the footnote's one-column net (48-128-192-192-256 kernels, "
-                   "FC 4096-4096; one device).")
-@click.option("--dropout", type=float, default=paper.DROPOUT, help="§4.2: dropout p on fc6 and fc7 (0: off).")
-@click.option("--lighting", type=click.Choice(LIGHTINGS), default="paper01",
-              help="§4.1 PCA lighting: alpha ~ N(0, 0.1) (paper01), cuda-convnet's variant, or off.")
-@click.option("--augment", type=click.Choice(AUGMENTS), default="full",
-              help="§4.1: random crops, flips and lighting (full), or none: the centre crop only.")
-@click.option("--mean", type=click.Choice(MEAN_MODES), default=None,
-              help="Input normalisation: image = §2's raw RGB minus the mean image (what paper init is sized "
-                   "for); channel = (x - mean) / std per channel (what kaiming init assumes) "
-                   "[default: image with --init paper, channel with --init kaiming].")
-@click.option("--devices", default=None, help=DEVICES_HELP)
-@click.option("--parallel", type=click.Choice(PARALLEL_MODES), default="ddp",
-              help="Under torchrun: ddp = model replicas, every gradient all-reduced; hybrid = "
-                   "Krizhevsky's 2014 scheme: conv layers and fc8 data-parallel, fc6/fc7 split across all "
-                   "processes over the global batch (one device per process; ~6x less traffic at 2 "
-                   "processes, 3x at 8). Same network, same gradients, same checkpoints: a run may switch "
-                   "at an epoch boundary. One process: no difference.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="tf32",
-              help="fp32: strict; tf32: TF32 tensor cores for convs/matmuls; bf16: autocast. "
-                   "Storage is fp32.")
-@click.option("--channels-last/--no-channels-last", default=True, help="NHWC memory layout.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--seed", type=int, default=0, help="All randomness flows from (seed, epoch, rank).")
-@click.option("--log-every", type=int, default=50, help="Steps between loss syncs and log lines.")
-@click.option("--checkpoint-every", type=int, default=0,
-              help="Steps between mid-epoch checkpoints (0: only at the end of each epoch).")
-@click.option("--max-steps", type=int, default=0,
-              help="Stop with a checkpoint after this many steps in all (0: no limit); "
-                   "continue with --resume.")
-@click.option("--ten-crop/--no-ten-crop", default=True, help="Final 10-patch evaluation (§6).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest good checkpoint.")
-@click.option("--note", default="",
-              help="Why this run differs from the paper; kept in params.json and the report.")
-@click.option("--progress/--no-progress", default=True,
-              help="tqdm progress bars (TQDM_DISABLE=1 turns them off too).")
-@click.option("--init-from", default="",
-              help="Start from these weights (a run's best.pt or final.pt, or a checkpoint): fine-tuning. "
-                   "With another class count fc8 starts fresh.")
+@_options(TRAIN_OPTIONS)
 def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
          lr_policy: str, lr_patience: int, lr_threshold: float, lr_drops: int, lr_milestones: str | None,
          init: str, sgd: str, lrn: str, mean: str | None, devices: str | None, precision: str,
