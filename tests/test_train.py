@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -318,20 +319,39 @@ def test_ensemble_is_the_mean_of_the_members_softmaxes(ten_crop: bool) -> None:
     assert got["ensemble"]["val_loss"] < sum(m["val_loss"] for m in got["members"]) / len(models)
 
 
-def test_ensemble_over_two_ranks_sees_each_image_once(monkeypatch) -> None:
-    """Each rank's [loss, hits, samples] rows (what the all_reduce adds up) sum to one process's."""
+def test_ensemble_over_two_ranks_sees_each_image_once(sample_shards: Path, monkeypatch) -> None:
+    """Two ranks' real evaluation loaders (DALI, shard_id 0 and 1 of 2) over the 16 val images: every
+    image lands on exactly one rank, and each rank's [loss, hits, samples] rows (what the all_reduce
+    adds up) sum to one process's over the whole split."""
+    import pipeline
     from trainer import evaluate as evaluate_module
+
+    def loader(rank: int, ranks: int) -> Any:
+        return pipeline.eval_loader(str(sample_shards), batch_size=6, device="cpu", shard_id=rank,
+                                    num_shards=ranks, mean="channel", dtype="float32")
+
+    def seen(rank: int, ranks: int) -> list[tuple[int, bytes]]:
+        """(label, the image's bytes) of every real position: the image itself, not its order."""
+        return [(int(y), x.numpy().tobytes()) for xs, ys in loader(rank, ranks)
+                for x, y in zip(xs, ys) if y != pipeline.PAD_LABEL]
+
+    whole, halves = seen(0, 1), [seen(0, 2), seen(1, 2)]
+    assert len(whole) == 16 and len(set(whole)) == 16
+    assert sorted(halves[0] + halves[1]) == sorted(whole)  # each image once over the two ranks
+    assert halves[0] and halves[1]
 
     rows: list[torch.Tensor] = []
     monkeypatch.setattr(evaluate_module.distributed, "all_reduce_sum", lambda t: rows.append(t.clone()) or t)
     models = [Patch(seed) for seed in range(2)]
-    evaluate_ensemble(models, fakes.fake_val(11, 2, 7), "cpu")
+    evaluate_ensemble(models, loader(0, 1), "cpu")
     for rank in range(2):
-        evaluate_ensemble(models, fakes.fake_val(11, 2, 7, shard_id=rank, num_shards=2), "cpu")
+        evaluate_ensemble(models, loader(rank, 2), "cpu")
     one, *ranks = rows
-    assert ranks[0][:, 3].tolist() == [6, 6, 6] and ranks[1][:, 3].tolist() == [5, 5, 5]
+    assert one[:, 3].tolist() == [16, 16, 16]
+    assert ranks[0][:, 3].tolist() == [len(halves[0])] * 3 and ranks[1][:, 3].tolist() == [len(halves[1])] * 3
     assert torch.equal((ranks[0] + ranks[1])[:, 1:], one[:, 1:])  # hits and samples: counts, exact
-    torch.testing.assert_close(ranks[0][:, 0] + ranks[1][:, 0], one[:, 0], rtol=1e-6, atol=0)  # fp32 sums
+    # Loss sums of 16 positive float32 terms in another order: at most 16 units of roundoff apart.
+    torch.testing.assert_close(ranks[0][:, 0] + ranks[1][:, 0], one[:, 0], rtol=16 * 2.0**-24, atol=0)
 
 
 @pytest.mark.parametrize("visible, local_rank, local_size, expected", [
