@@ -104,7 +104,9 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
 @main.command()
 @click.option("--src", required=True, help="The ILSVRC copy: folder or fsspec URL (layout auto-detected).")
 @click.option("--out", default="shards", help="Folder or fsspec URL for the shards.")
-@click.option("--split", "splits", default="train,val", help="Comma-separated splits to write.")
+@click.option("--split", "splits", default=None,
+              help="Comma-separated splits to write (train, val, test) [default: every split of --src "
+                   "that has labels].")
 @click.option("--shard-size", type=int, default=None,
               help="Samples per shard [default: 5000: ~125 MB at an estimated ~25 kB per stored "
                    "ImageNet image].")
@@ -119,7 +121,7 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
 @click.option("--num-nodes", type=int, default=1, help="Machines sharing the work (see --node-rank).")
 @click.option("--node-rank", type=int, default=0,
               help="This machine's share: shards i with i % num-nodes == node-rank; then merge-manifest.")
-def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int | None, seed: int,
+def shard(src: str, out: str, splits: str | None, shard_size: int | None, quality: int | None, seed: int,
           workers: int, strict: bool, limit_classes: int | None, per_class: int | None, overwrite: bool,
           num_nodes: int, node_rank: int) -> None:
     """Resize every image (shorter side 256, centre 256x256 crop) into WebDataset tar shards.
@@ -136,7 +138,7 @@ def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int 
 
     settings = ShardSettings(
         src=src.rstrip("/"), out=out.rstrip("/"),
-        splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+        splits=None if splits is None else tuple(s.strip() for s in splits.split(",") if s.strip()),
         shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size,
         quality=DEFAULT_QUALITY if quality is None else quality, seed=seed, workers=workers, strict=strict,
         limit_classes=limit_classes, per_class=per_class, overwrite=overwrite, num_nodes=num_nodes,

@@ -125,16 +125,20 @@ def write_shard(
     """Write one shard (tar, index, pixel sums, then its completion record); return the record.
 
     An image that does not decode is skipped and listed with its reason; a source that cannot be
-    read at all (missing file, I/O error) raises, naming it.
+    read at all (missing file, I/O error) raises, naming it. Every source that replaces another
+    (a patch_images.tar member) is listed under "replaced".
     """
     tar_url = urls.join(out, plan.name)
     sums = PixelSums(per_pixel=plan.split == "train")
     skipped: list[dict[str, str]] = []
+    replaced: list[dict[str, str]] = []
     written = 0
     with atomic.atomic_write(tar_url) as f:
         hashing = atomic.HashingWriter(f)
         with wds.TarWriter(hashing, mtime=TAR_MTIME, encoder=False) as tar:
             for ref in plan.refs:
+                if ref.replaces:
+                    replaced.append({"key": ref.key, "source": ref.path, "replaces": ref.replaces})
                 try:
                     data = read_bytes(ref)
                 except (OSError, ValueError) as e:
@@ -160,6 +164,7 @@ def write_shard(
         "sha256": hashing.sha.hexdigest(),
         "sums": sums.to_json(),
         "skipped": skipped,
+        "replaced": replaced,
         "index": None,
         "pixel_sum": None,
     }
