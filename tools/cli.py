@@ -77,9 +77,12 @@ def main() -> None:
 @click.option("--val-per-class", type=click.IntRange(1), default=10, help="Validation images per class.")
 @click.option("--seed", type=SEED, default=0, help="Same seed, byte-identical files.")
 @click.option("--year", type=click.Choice(["2012", "2010"]), default="2012",
-              help="Devkit and file names of this ILSVRC year (raw layout only).")
+              help="Devkit and file names of this ILSVRC year (raw layout only). 2010 as published: "
+                   "a test split with its ground truth, patch_images.tar, gzip-compressed members.")
+@click.option("--test-per-class", type=click.IntRange(1), default=None,
+              help="Test images per class (--year 2010) [default: --val-per-class].")
 def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_class: int, seed: int,
-           year: str) -> None:
+           year: str, test_per_class: int | None) -> None:
     """Write a small synthetic dataset in the exact shape of a real ILSVRC copy.
 
     Class-dependent shapes, colours and textures (learnable), ImageNet-like sizes and aspect ratios,
@@ -90,15 +93,19 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
 
     if year == "2010" and layout != "raw":
         _fail("--year 2010 is only available with --layout raw")
+    if test_per_class is not None and year != "2010":
+        _fail("--test-per-class: only ILSVRC-2010 published test labels (--year 2010)")
     try:
         summary = make_sample(out, layout=layout, classes=classes, train_per_class=train_per_class,
-                              val_per_class=val_per_class, seed=seed, year=int(year))
+                              val_per_class=val_per_class, seed=seed, year=int(year),
+                              test_per_class=test_per_class)
     except ValueError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"--out {out}: cannot write the sample ({_os_error(e)})")
     click.echo(f"{out}: {summary['layout']} sample, {summary['classes']} classes, "
-               f"{summary['train']} train + {summary['val']} val images")
+               f"{summary['train']} train + {summary['val']} val images"
+               + (f" + {summary['test']} test images" if "test" in summary else ""))
 
 
 @main.command()
