@@ -37,12 +37,12 @@ def sample_shards(sample_src: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out
 
 
-SAMPLE_2010 = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "test_per_class": 2, "seed": 0}
+SAMPLE_2010 = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "test_per_class": 3, "seed": 0}
 
 
 @pytest.fixture(scope="session")
 def sample2010_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ILSVRC-2010 as published, 3 classes: 12 train + 6 val + 6 test images, the test ground truth,
+    """ILSVRC-2010 as published, 3 classes: 12 train + 6 val + 9 test images, the test ground truth,
     patch_images.tar (one train and one test patch) and gzip members (one train, one val)."""
     src = tmp_path_factory.mktemp("ilsvrc") / "ILSVRC2010"
     make_sample(str(src), layout="raw", year=2010, **SAMPLE_2010)

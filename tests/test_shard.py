@@ -228,7 +228,7 @@ def test_2010_test_split_patches_and_gzip_members(sample2010_src, sample2010_sha
     summary = json.loads((sample2010_src / ".sample.json").read_text())["summary"]
     assert m["options"]["splits"] == ["train", "val", "test"]
     test = m["splits"]["test"]
-    assert test["samples"] == summary["test"] == 6 and test["skipped"] == []
+    assert test["samples"] == summary["test"] == 9 and test["skipped"] == []
     for entry in test["shards"]:
         assert (sample2010_shards / entry["name"]).exists() and entry["name"].startswith("test-")
         assert (sample2010_shards / entry["index"]).exists()
