@@ -147,3 +147,19 @@ def test_bad_statistics_fail_verify_with_the_trainers_own_message(shards, fault)
     with pytest.raises(PipelineError) as e:
         load(str(shards))
     assert lines[0] == str(e.value)
+
+
+def test_the_2010_test_split_is_verified(sample2010_shards, tmp_path):
+    shards = tmp_path / "shards2010"
+    shutil.copytree(sample2010_shards, shards)
+    assert _run(shards).exit_code == 0
+    m = json.loads((shards / "manifest.json").read_text())
+    assert [s["name"] for s in m["splits"]["test"]["shards"]] == ["test-000000.tar", "test-000001.tar"]
+    tar = shards / "test-000001.tar"
+    data = bytearray(tar.read_bytes())
+    data[3000] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    (shards / "test-000000.idx").unlink()
+    r = _run(shards)
+    assert r.exit_code == 1 and "test-000001.tar: sha256 differs" in r.output
+    assert "test-000000.tar: index file test-000000.idx missing" in r.output
