@@ -303,3 +303,15 @@ def test_2010_patch_without_its_original_fails_and_corrupts_nothing(sample2010_s
         "Error: patch_images.tar/patch_images/val/ILSVRC2010_val_00000099.JPEG: ")
     assert "original ILSVRC2010_val_00000099 is not in ILSVRC2010_images_val.tar" in r.output
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_2010_nodes_merge_into_the_single_node_manifest_replacements_included(sample2010_src,
+                                                                              sample2010_shards, tmp_path):
+    out = tmp_path / "nodes"
+    for rank in range(2):
+        _shard(sample2010_src, out, shard_size=8, num_nodes=2, node_rank=rank)
+    assert CliRunner().invoke(main, ["merge-manifest", "--shards", str(out)]).exit_code == 0
+    merged = json.loads((out / "manifest.json").read_text())
+    single = json.loads((sample2010_shards / "manifest.json").read_text())
+    assert merged["splits"] == single["splits"]
+    assert len([r for body in merged["splits"].values() for r in body["replaced"]]) == 2
