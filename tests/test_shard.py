@@ -315,3 +315,20 @@ def test_2010_nodes_merge_into_the_single_node_manifest_replacements_included(sa
     single = json.loads((sample2010_shards / "manifest.json").read_text())
     assert merged["splits"] == single["splits"]
     assert len([r for body in merged["splits"].values() for r in body["replaced"]]) == 2
+
+
+def test_2010_patches_added_after_a_run_redo_the_shards_they_touch(sample2010_src, sample2010_shards,
+                                                                   tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(sample2010_src, src)
+    (src / "patch_images.tar").rename(tmp_path / "patch_images.tar")
+    out = tmp_path / "out"
+    m = _shard(src, out, shard_size=8, splits=("test",))
+    assert m["splits"]["test"]["replaced"] == []
+    (tmp_path / "patch_images.tar").rename(src / "patch_images.tar")
+    m = _shard(src, out, shard_size=8, splits=("test",))
+    assert len(m["splits"]["test"]["replaced"]) == 1
+    fresh = _made_by_shard(sample2010_shards)
+    assert _all_bytes(out) == {k: v for k, v in fresh.items() if k.startswith("test-")}

@@ -192,4 +192,8 @@ def finished_record(plan: ShardPlan, out: str) -> dict[str, Any] | None:
         plan.refs
     ):
         return None
+    # A patch_images.tar added (or changed) since the shard was written changes no option and no
+    # count, only which bytes the shard must hold: redo the shards whose replacements differ.
+    if [r["key"] for r in record.get("replaced", [])] != [r.key for r in plan.refs if r.replaces]:
+        return None
     return record
