@@ -58,7 +58,7 @@ def labels(refs: list[SourceRef]) -> dict[str, str]:
 
 def check_common(layout: Layout, summary: dict) -> tuple[list[SourceRef], list[SourceRef]]:
     """What holds for every layout: sorted-wnid classes, counts, sorted keys, train labels."""
-    assert layout.splits() == ["train", "val"]
+    assert layout.splits() == (["train", "val", "test"] if "test" in summary else ["train", "val"])
     wnids = sorted(summary["wnids"])
     assert [(c.index, c.wnid) for c in layout.classes()] == list(enumerate(wnids))
     train, val = layout.samples("train"), layout.samples("val")
@@ -66,9 +66,10 @@ def check_common(layout: Layout, summary: dict) -> tuple[list[SourceRef], list[S
     for refs in (train, val):
         assert [r.key for r in refs] == sorted({r.key for r in refs})
     assert all(r.key.startswith(r.wnid + "_") for r in train)  # train names carry their class
-    by_key = {r.key: r for r in train}
+    by_key = {r.key: r for r in train + val}
     for q in summary["quirks"]:
-        assert by_key[q["key"]].path == q["path"] and by_key[q["key"]].wnid == q["wnid"]
+        if q["split"] != "test":
+            assert by_key[q["key"]].path == q["path"] and by_key[q["key"]].wnid == q["wnid"]
     assert layout.samples("train") == train  # deterministic
     return train, val
 
@@ -78,9 +79,10 @@ def extract(root: Path, ref: SourceRef) -> bytes:
     parts = ref.path.split("/")
     if not parts[0].endswith(".tar"):
         return (root / ref.path).read_bytes()
+    nested = parts[1].endswith(".tar")  # a per-class tar; otherwise a member under folders (val/...)
     with tarfile.open(root / parts[0]) as outer:
-        data = outer.extractfile(parts[1]).read()
-    if len(parts) == 3:
+        data = outer.extractfile(parts[1] if nested else "/".join(parts[1:])).read()
+    if nested:
         with tarfile.open(fileobj=io.BytesIO(data)) as inner:
             data = inner.extractfile(parts[2]).read()
     return data
@@ -335,3 +337,129 @@ def test_read_bytes_reports_a_changed_file(samples: dict, tmp_path: Path) -> Non
         f.truncate(ref.offset + 10)
     with pytest.raises(LayoutError, match=f"{ref.path}: got 10 of {ref.size} bytes"):
         read_bytes(ref)
+
+
+# --- ILSVRC-2010 as published: the test split, patch_images.tar, members under folders ---------
+
+TEST_TRUTH = "ILSVRC2010_test_ground_truth.txt"
+
+
+def meta_ids(root: Path) -> dict[int, str]:
+    """ILSVRC2010_ID -> wnid, read straight from the devkit's meta.mat."""
+    with tarfile.open(root / "ILSVRC2010_devkit-1.0.tar.gz") as tar:
+        meta = next(tar.extractfile(m).read() for m in tar if m.name.endswith("meta.mat"))
+    synsets = scipy.io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+    return {int(s["ILSVRC2010_ID"]): str(s["WNID"]) for s in synsets}
+
+
+def test_raw_2010_test_split_labelled_by_its_ground_truth(samples: dict) -> None:
+    root, summary = samples["raw-2010"]
+    layout = detect(str(root))
+    test = layout.samples("test")
+    ids = meta_ids(root)
+    lines = (root / TEST_TRUTH).read_text().split()
+    assert labels(test) == {f"ILSVRC2010_test_{i:08d}": ids[int(x)] for i, x in enumerate(lines, 1)}
+    assert len(test) == summary["test"] == SMALL["classes"] * SMALL["val_per_class"]
+    for ref in test:
+        assert read_bytes(ref) == extract(root, ref)
+
+
+def test_raw_2010_patches_replace_their_originals(samples: dict) -> None:
+    root, summary = samples["raw-2010"]
+    layout = detect(str(root))
+    refs = {r.key: r for split in ("train", "val", "test") for r in layout.samples(split)}
+    patched = [q for q in summary["quirks"] if q["kind"] == "patched"]
+    assert sorted(q["split"] for q in patched) == ["test", "train"]
+    with tarfile.open(root / "patch_images.tar") as tar:
+        patches = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    for q in patched:
+        ref = refs[q["key"]]
+        member = f"patch_images/{q['split']}/{q['key']}.JPEG"
+        assert ref.path == f"patch_images.tar/{member}" and ref.replaces == q["replaces"]
+        assert read_bytes(ref) == patches[member]
+        assert ref.wnid == q["wnid"]  # the original's label
+    assert sum(bool(r.replaces) for r in refs.values()) == len(patches) == 2
+
+
+@pytest.mark.parametrize("where", ["devkit-folder", "devkit-tar"])
+def test_raw_2010_test_truth_inside_the_devkit(samples: dict, tmp_path: Path, where: str) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    expected = labels(detect(str(root)).samples("test"))
+    truth = (root / TEST_TRUTH).read_bytes()
+    (root / TEST_TRUTH).unlink()
+    if where == "devkit-folder":
+        (root / "devkit-1.0" / "data").mkdir(parents=True)
+        (root / "devkit-1.0" / "data" / TEST_TRUTH).write_bytes(truth)
+    else:
+        devkit = root / "ILSVRC2010_devkit-1.0.tar.gz"
+        with tarfile.open(devkit) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        files[f"devkit-1.0/data/{TEST_TRUTH}"] = truth
+        with tarfile.open(devkit, "w:gz") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert labels(detect(str(root)).samples("test")) == expected
+
+
+def test_raw_2010_test_without_labels_is_refused(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    (root / TEST_TRUTH).unlink()
+    layout = detect(str(root))
+    assert "test" in layout.splits() and layout.unlabelled("test") is not None
+    with pytest.raises(LayoutError) as e:
+        layout.samples("test")
+    message = str(e.value)
+    assert "\n" not in message and "ILSVRC2010_images_test.tar has no labels" in message
+    assert TEST_TRUTH in message and "devkit-1.0/data/" in message
+    assert layout.unlabelled("train") is None and layout.samples("val")
+
+
+def test_raw_2010_two_test_truths_that_differ(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    (root / "devkit-1.0" / "data").mkdir(parents=True)
+    shutil.copy(root / TEST_TRUTH, root / "devkit-1.0" / "data" / TEST_TRUTH)
+    assert detect(str(root)).samples("test")  # identical copies are one truth
+    lines = (root / TEST_TRUTH).read_text().split()
+    (root / "devkit-1.0" / "data" / TEST_TRUTH).write_text("\n".join(lines[::-1]) + "\n")
+    with pytest.raises(LayoutError, match="test ground truths .* differ"):
+        detect(str(root)).samples("test")
+
+
+def add_patch(root: Path, member: str, data: bytes) -> None:
+    with tarfile.open(root / "patch_images.tar") as tar:
+        files = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    with tarfile.open(root / "patch_images.tar", "w") as tar:
+        for name, body in files + [(member, data)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_raw_2010_patch_without_its_original_is_an_error(samples: dict, tmp_path: Path, split: str) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    name = {"train": "n01000000_1", "val": "ILSVRC2010_val_00099999",
+            "test": "ILSVRC2010_test_00099999"}[split]
+    add_patch(root, f"patch_images/{split}/{name}.JPEG", b"\xff\xd8 a patch")
+    with pytest.raises(LayoutError) as e:
+        detect(str(root)).samples(split)
+    message = str(e.value)
+    member = f"patch_images/{split}/{name}.JPEG"
+    assert message.startswith(f"patch_images.tar/{member}: its original {name} is not")
+    assert "\n" not in message
+
+
+def test_raw_2010_patch_outside_a_split_folder(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    add_patch(root, "patch_images/extra/x.JPEG", b"\xff\xd8")
+    with pytest.raises(LayoutError, match=r"patch_images/extra/x\.JPEG: not under patch_images/<train"):
+        detect(str(root)).samples("train")
+
+
+def test_raw_2010_val_and_test_members_sit_under_a_folder(samples: dict) -> None:
+    root, _ = samples["raw-2010"]
+    layout = detect(str(root))
+    plain = [r for split in ("val", "test") for r in layout.samples(split) if not r.replaces]
+    assert plain and all(r.path.split("/")[1] in ("val", "test") for r in plain)

@@ -77,9 +77,12 @@ def main() -> None:
 @click.option("--val-per-class", type=click.IntRange(1), default=10, help="Validation images per class.")
 @click.option("--seed", type=SEED, default=0, help="Same seed, byte-identical files.")
 @click.option("--year", type=click.Choice(["2012", "2010"]), default="2012",
-              help="Devkit and file names of this ILSVRC year (raw layout only).")
+              help="Devkit and file names of this ILSVRC year (raw layout only). 2010 as published: "
+                   "a test split with its ground truth, patch_images.tar, gzip-compressed members.")
+@click.option("--test-per-class", type=click.IntRange(1), default=None,
+              help="Test images per class (--year 2010) [default: --val-per-class].")
 def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_class: int, seed: int,
-           year: str) -> None:
+           year: str, test_per_class: int | None) -> None:
     """Write a small synthetic dataset in the exact shape of a real ILSVRC copy.
 
     Class-dependent shapes, colours and textures (learnable), ImageNet-like sizes and aspect ratios,
@@ -90,21 +93,27 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
 
     if year == "2010" and layout != "raw":
         _fail("--year 2010 is only available with --layout raw")
+    if test_per_class is not None and year != "2010":
+        _fail("--test-per-class: only ILSVRC-2010 published test labels (--year 2010)")
     try:
         summary = make_sample(out, layout=layout, classes=classes, train_per_class=train_per_class,
-                              val_per_class=val_per_class, seed=seed, year=int(year))
+                              val_per_class=val_per_class, seed=seed, year=int(year),
+                              test_per_class=test_per_class)
     except ValueError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"--out {out}: cannot write the sample ({_os_error(e)})")
     click.echo(f"{out}: {summary['layout']} sample, {summary['classes']} classes, "
-               f"{summary['train']} train + {summary['val']} val images")
+               f"{summary['train']} train + {summary['val']} val images"
+               + (f" + {summary['test']} test images" if "test" in summary else ""))
 
 
 @main.command()
 @click.option("--src", required=True, help="The ILSVRC copy: folder or fsspec URL (layout auto-detected).")
 @click.option("--out", default="shards", help="Folder or fsspec URL for the shards.")
-@click.option("--split", "splits", default="train,val", help="Comma-separated splits to write.")
+@click.option("--split", "splits", default=None,
+              help="Comma-separated splits to write (train, val, test) [default: every split of --src "
+                   "that has labels].")
 @click.option("--shard-size", type=int, default=None,
               help="Samples per shard [default: 5000: ~125 MB at an estimated ~25 kB per stored "
                    "ImageNet image].")
@@ -119,7 +128,7 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
 @click.option("--num-nodes", type=int, default=1, help="Machines sharing the work (see --node-rank).")
 @click.option("--node-rank", type=int, default=0,
               help="This machine's share: shards i with i % num-nodes == node-rank; then merge-manifest.")
-def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int | None, seed: int,
+def shard(src: str, out: str, splits: str | None, shard_size: int | None, quality: int | None, seed: int,
           workers: int, strict: bool, limit_classes: int | None, per_class: int | None, overwrite: bool,
           num_nodes: int, node_rank: int) -> None:
     """Resize every image (shorter side 256, centre 256x256 crop) into WebDataset tar shards.
@@ -136,7 +145,7 @@ def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int 
 
     settings = ShardSettings(
         src=src.rstrip("/"), out=out.rstrip("/"),
-        splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+        splits=None if splits is None else tuple(s.strip() for s in splits.split(",") if s.strip()),
         shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size,
         quality=DEFAULT_QUALITY if quality is None else quality, seed=seed, workers=workers, strict=strict,
         limit_classes=limit_classes, per_class=per_class, overwrite=overwrite, num_nodes=num_nodes,

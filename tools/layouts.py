@@ -5,7 +5,10 @@ beat a partial extraction lying beside them):
 
 - ``raw-2012``: ``ILSVRC2012_img_train.tar`` (a tar of per-class tars) and/or
   ``ILSVRC2012_img_val.tar``, with ``ILSVRC2012_devkit_t12.tar.gz``.
-- ``raw-2010``: the same with ``ILSVRC2010_images_{train,val}.tar`` and ``ILSVRC2010_devkit-1.0.tar.gz``.
+- ``raw-2010``: the same with ``ILSVRC2010_images_{train,val,test}.tar`` and ``ILSVRC2010_devkit-1.0.tar.gz``;
+  the test labels come from ``ILSVRC2010_test_ground_truth.txt`` (beside the tars, or in
+  ``devkit-1.0/data/``), and ``patch_images.tar`` beside the tars replaces the images the main
+  tars hold as blank "not available" pictures.
 - ``kaggle``: ``ILSVRC/Data/CLS-LOC/{train/<wnid>,val}/`` with ``LOC_synset_mapping.txt`` and
   ``LOC_val_solution.csv``.
 - ``folders``: ``train/<wnid>/`` and ``val/<wnid>/``, or a flat ``val/`` labelled by a devkit
@@ -33,10 +36,13 @@ import scipy.io
 
 from tools import urls
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
 WNID_RE = re.compile(r"n\d{8}")
-GROUND_TRUTH_RE = re.compile(r"data/ILSVRC\d{4}_validation_ground_truth\.txt$")
+GROUND_TRUTH_RE = re.compile(r"data/ILSVRC\d{4}_(validation|test)_ground_truth\.txt$")
+PATCHES = "patch_images.tar"
+# patch_images/<split>/NAME.JPEG; the leading folder is optional so a repacked tar still reads.
+PATCH_RE = re.compile(r"(?:^|/)(train|val|test)/([^/]+)$")
 
 
 class LayoutError(ValueError):
@@ -53,6 +59,7 @@ class SourceRef:
     offset: int = 0  # byte offset of the member data inside `url` (0 for loose files)
     size: int = -1  # member size in bytes (-1: the whole file)
     path: str = ""  # readable source path for errors and the manifest
+    replaces: str = ""  # path of the original this image (a patch_images.tar member) replaces
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,8 @@ class Devkit:
     classes: list[ClassInfo]
     val_wnids: list[str]  # ground truth, one wnid per val image in file-number order
     gt_name: str
+    ids: dict[int, str]  # ILSVRC20XX_ID -> wnid of the leaf classes, to read other ground truths
+    test_truth: tuple[str, bytes] | None = None  # (member name, bytes) of a test ground truth inside
 
 
 def parse_meta(data: bytes, where: str) -> tuple[int, dict[int, tuple[str, str]]]:
@@ -152,16 +161,26 @@ def build_devkit(name: str, files: dict[str, bytes]) -> Devkit:
     if len(gt) != 1:
         raise LayoutError(f"{name}: expected one {gt_suffix}, found {len(gt)}")
     gt_name = f"{name}/{gt[0]}"
-    val_wnids = []
-    for line_no, line in enumerate(files[gt[0]].decode("ascii", "replace").split(), 1):
+    ids = {ident: wnid for ident, (wnid, _) in leaves.items()}
+    test = [n for n in files if n.endswith(f"data/ILSVRC{year}_test_ground_truth.txt")]
+    if len(test) > 1:
+        raise LayoutError(f"{name}: {len(test)} test ground truths ({', '.join(test)}); expected at most one")
+    words = dict(leaves.values())
+    return Devkit(name, year, sorted_classes(words), read_ground_truth(files[gt[0]], ids, year, gt_name),
+                  gt_name, ids, (f"{name}/{test[0]}", files[test[0]]) if test else None)
+
+
+def read_ground_truth(data: bytes, ids: dict[int, str], year: int, where: str) -> list[str]:
+    """One wnid per line of a ground-truth file (one ILSVRC20XX_ID a line, in image-number order)."""
+    wnids = []
+    for line_no, line in enumerate(data.decode("ascii", "replace").split(), 1):
         try:
-            val_wnids.append(leaves[int(line)][0])
+            wnids.append(ids[int(line)])
         except (ValueError, KeyError):
             raise LayoutError(
-                f"{gt_name}: line {line_no} is {line!r}, not the ILSVRC{year}_ID of a leaf class in meta.mat"
+                f"{where}: line {line_no} is {line!r}, not the ILSVRC{year}_ID of a leaf class in meta.mat"
             ) from None
-    words = dict(leaves.values())
-    return Devkit(name, year, sorted_classes(words), val_wnids, gt_name)
+    return wnids
 
 
 def _devkit_member(name: str) -> bool:
@@ -187,21 +206,25 @@ def read_devkit_dir(fs: Any, path: str, name: str) -> Devkit:
     return build_devkit(name, files)
 
 
-def label_flat_val(names: list[str], devkit: Devkit, where: str) -> list[str]:
-    """wnid of each flat val file `ILSVRC20XX_val_%08d.*`: line %d of the devkit's ground truth."""
-    if len(names) != len(devkit.val_wnids):
-        raise LayoutError(
-            f"{devkit.gt_name}: {len(devkit.val_wnids)} labels but {where} holds {len(names)} images"
-        )
-    pattern = re.compile(rf"ILSVRC{devkit.year}_val_(\d+)")
+def label_flat(names: list[str], truth: list[str], gt_name: str, year: int, split: str,
+               where: str) -> list[str]:
+    """wnid of each flat file `ILSVRC20XX_<split>_%08d.*` (any folder): line %d of `truth`."""
+    if len(names) != len(truth):
+        raise LayoutError(f"{gt_name}: {len(truth)} labels but {where} holds {len(names)} images")
+    pattern = re.compile(rf"ILSVRC{year}_{split}_(\d+)")
     wnids = []
     for name in names:
         m = pattern.fullmatch(stem(name))
         number = int(m.group(1)) if m else 0
-        if not 1 <= number <= len(devkit.val_wnids):
-            raise LayoutError(f"{where}/{name}: no ground-truth label in {devkit.gt_name}")
-        wnids.append(devkit.val_wnids[number - 1])
+        if not 1 <= number <= len(truth):
+            raise LayoutError(f"{where}/{name}: no ground-truth label in {gt_name}")
+        wnids.append(truth[number - 1])
     return wnids
+
+
+def label_flat_val(names: list[str], devkit: Devkit, where: str) -> list[str]:
+    """wnid of each flat val file `ILSVRC20XX_val_%08d.*`: line %d of the devkit's ground truth."""
+    return label_flat(names, devkit.val_wnids, devkit.gt_name, devkit.year, "val", where)
 
 
 # --- tars read in place -----------------------------------------------------------------------
@@ -263,12 +286,19 @@ class Layout:
     def splits(self) -> list[str]:
         raise NotImplementedError
 
+    def unlabelled(self, split: str) -> str | None:
+        """Why `split`, present, has no labels (one line naming what is missing); None when it has."""
+        return None
+
     def samples(self, split: str) -> list[SourceRef]:
         """Every image of `split`, sorted by key; raises on an unknown class or a duplicate key."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         if split not in self.splits():
             raise LayoutError(f"{self.src}: the {self.name} layout here has no {split} split")
+        why = self.unlabelled(split)
+        if why is not None:
+            raise LayoutError(why)
         refs = sorted(self._samples(split), key=lambda r: r.key)
         for a, b in zip(refs, refs[1:]):
             if a.key == b.key:
@@ -325,14 +355,19 @@ class Layout:
 
 
 class RawLayout(Layout):
-    """The downloads as published: train/val tars and the devkit, never extracted."""
+    """The downloads as published: train/val(/test) tars and the devkit, never extracted."""
 
     def __init__(self, src: str, fs: Any, root: str, year: int, train: str, val: str, devkit: str):
         super().__init__(src, fs, root)
         self.name = f"raw-{year}"
+        self.year = year
         self.files = {"train": train, "val": val}
+        if year in RAW_TEST:
+            self.files["test"] = RAW_TEST[year][0]
         self.devkit_name = devkit
         self._devkit: Devkit | None = None
+        self._test: tuple[list[str], str] | None = None
+        self._patches: dict[str, list[tuple[str, int, int]]] | None = None
 
     def devkit(self) -> Devkit:
         if self._devkit is None:
@@ -341,20 +376,99 @@ class RawLayout(Layout):
         return self._devkit
 
     def splits(self) -> list[str]:
-        return [s for s in SPLITS if self.fs.isfile(posixpath.join(self.root, self.files[s]))]
+        return [s for s, name in self.files.items() if self.fs.isfile(posixpath.join(self.root, name))]
+
+    def unlabelled(self, split: str) -> str | None:
+        if split != "test" or self.test_truth() is not None:
+            return None
+        _, truth, folder = RAW_TEST[self.year]
+        return (f"{self.src}: {self.files['test']} has no labels: {truth} is neither beside the tars "
+                f"nor in {folder}/data/ (extracted, or inside {self.devkit_name}); the test split is refused")
+
+    def test_truth(self) -> tuple[list[str], str] | None:
+        """(wnid of each test image in file-number order, where it was read), or None if absent.
+
+        Looked for beside the tars, in an extracted devkit folder, and inside the devkit tar.gz;
+        copies in several places must agree, or which one labels the test set would be a guess.
+        """
+        if self._test is None and self.year in RAW_TEST:
+            _, name, folder = RAW_TEST[self.year]
+            found: dict[str, bytes] = {}
+            for rel in (name, posixpath.join(folder, "data", name)):
+                path = posixpath.join(self.root, rel)
+                if self.fs.isfile(path):
+                    found[rel] = self.fs.cat_file(path)
+            if self.devkit().test_truth is not None:
+                inside, data = self.devkit().test_truth
+                found[inside] = data
+            if len(set(found.values())) > 1:
+                raise LayoutError(f"{self.src}: the test ground truths {', '.join(found)} differ; keep one")
+            if found:
+                where, data = next(iter(found.items()))
+                dk = self.devkit()
+                self._test = read_ground_truth(data, dk.ids, self.year, where), where
+        return self._test
 
     def _read_classes(self) -> list[ClassInfo]:
         return self.devkit().classes
 
+    def patches(self) -> dict[str, list[tuple[str, int, int]]]:
+        """{split: [(member, offset, size)]} of patch_images.tar beside the tars ({} if absent)."""
+        if self._patches is None:
+            path = posixpath.join(self.root, PATCHES)
+            self._patches = {}
+            if self.fs.isfile(path):
+                with self.fs.open(path, "rb") as f:
+                    members = scan_tar(f, 0, self.fs.size(path), PATCHES)
+                for member, off, size in members:
+                    if not is_image(member):
+                        continue
+                    m = PATCH_RE.search(member)
+                    if m is None:
+                        raise LayoutError(f"{PATCHES}/{member}: not under patch_images/<train|val|test>/")
+                    self._patches.setdefault(m.group(1), []).append((member, off, size))
+        return self._patches
+
+    def _patched(self, split: str, refs: list[SourceRef]) -> list[SourceRef]:
+        """`refs` with each image patch_images.tar corrects replaced by its patch.
+
+        A patch without its original is an error, not an extra image: its label would be a guess,
+        and it most likely means the tars and the patches come from different releases.
+        """
+        at = {r.key: i for i, r in enumerate(refs)}
+        url = self.url(posixpath.join(self.root, PATCHES))
+        done: set[str] = set()
+        for member, off, size in self.patches().get(split, []):
+            key = stem(member)
+            if key not in at:
+                raise LayoutError(f"{PATCHES}/{member}: its original {key} is not in {self.files[split]}; "
+                                  "a patch must replace an image of the main tars")
+            if key in done:
+                raise LayoutError(f"{PATCHES}/{member}: a second patch for {key}")
+            done.add(key)
+            old = refs[at[key]]
+            refs[at[key]] = SourceRef(key, old.wnid, url, off, size, f"{PATCHES}/{member}", replaces=old.path)
+        return refs
+
     def _samples(self, split: str) -> list[SourceRef]:
+        return self._patched(split, self._unpatched(split))
+
+    def _unpatched(self, split: str) -> list[SourceRef]:
         name = self.files[split]
         path = posixpath.join(self.root, name)
         url = self.url(path)
         with self.fs.open(path, "rb") as f:
             outer = scan_tar(f, 0, self.fs.size(path), name)
-            if split == "val":
+            if split != "train":
+                # The published 2010 val and test tars hold val/... and test/...: a member's folder
+                # is ignored, its file number labels it.
                 images = [(m, off, size) for m, off, size in outer if is_image(m)]
-                wnids = label_flat_val([m for m, _, _ in images], self.devkit(), name)
+                names = [m for m, _, _ in images]
+                if split == "val":
+                    wnids = label_flat_val(names, self.devkit(), name)
+                else:
+                    truth, where = self.test_truth() or ([], "")
+                    wnids = label_flat(names, truth, where, self.year, split, name)
                 return [
                     SourceRef(stem(m), w, url, off, size, f"{name}/{m}")
                     for (m, off, size), w in zip(images, wnids)
@@ -405,7 +519,8 @@ class FoldersLayout(Layout):
         return self._devkit
 
     def splits(self) -> list[str]:
-        return [s for s in SPLITS if self.fs.isdir(posixpath.join(self.root, s))]
+        # train and val only: a test/ folder here comes with no labels any reader knows.
+        return [s for s in ("train", "val") if self.fs.isdir(posixpath.join(self.root, s))]
 
     def _read_classes(self) -> list[ClassInfo]:
         devkit = self.devkit()
@@ -451,7 +566,8 @@ class KaggleLayout(Layout):
     solution = "LOC_val_solution.csv"
 
     def splits(self) -> list[str]:
-        return [s for s in SPLITS if self.fs.isdir(posixpath.join(self.root, self.data, s))]
+        # Kaggle's CLS-LOC/test/ is unlabelled (no LOC_test_solution.csv): not a split here.
+        return [s for s in ("train", "val") if self.fs.isdir(posixpath.join(self.root, self.data, s))]
 
     def _read_classes(self) -> list[ClassInfo]:
         words: dict[str, str] = {}
@@ -505,6 +621,9 @@ RAW_YEARS = {
     2012: ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"),
     2010: ("ILSVRC2010_images_train.tar", "ILSVRC2010_images_val.tar", "ILSVRC2010_devkit-1.0.tar.gz"),
 }
+# year -> (test image tar, its ground truth, the devkit's folder). 2012's test labels were never
+# published, so only 2010 has a test split.
+RAW_TEST = {2010: ("ILSVRC2010_images_test.tar", "ILSVRC2010_test_ground_truth.txt", "devkit-1.0")}
 
 
 def _looked_for() -> str:
@@ -524,7 +643,8 @@ def detect(src: str) -> Layout:
     names = {posixpath.basename(e["name"].rstrip("/")): e["type"] for e in fs.ls(root, detail=True)}
     layout: Layout | None = None
     for year, (train, val, devkit) in RAW_YEARS.items():
-        if names.get(train) == "file" or names.get(val) == "file":
+        test = RAW_TEST[year][0] if year in RAW_TEST else ""
+        if "file" in (names.get(train), names.get(val), names.get(test)):
             if names.get(devkit) != "file":
                 raise LayoutError(f"{src}: found the raw-{year} tars but not {devkit} (it names the classes)")
             layout = RawLayout(src, fs, root, year, train, val, devkit)

@@ -13,18 +13,17 @@ import posixpath
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from tqdm import tqdm
 
 from tools import atomic, manifest, urls
-from tools.layouts import Layout, SourceRef, detect
+from tools.layouts import SPLITS, Layout, SourceRef, detect
 from tools.lock import RunLock
 from tools.resize import DEFAULT_QUALITY
 from tools.writer import DEFAULT_SHARD_SIZE, STATE_DIR, ShardPlan, finished_record, plan_shards, write_shard
 
-SPLITS = ("train", "val")
 OPTIONS_FILE = f"{STATE_DIR}/options.json"
 MAX_SEED = 2**63 - 1  # numpy takes any non-negative int; capped so it fits every JSON reader's int64
 
@@ -37,7 +36,7 @@ class ShardError(ValueError):
 class ShardSettings:
     src: str
     out: str = "shards"
-    splits: tuple[str, ...] = SPLITS
+    splits: tuple[str, ...] | None = None  # None: every split of the source that has labels
     shard_size: int = DEFAULT_SHARD_SIZE
     quality: int = DEFAULT_QUALITY
     seed: int = 0
@@ -50,15 +49,16 @@ class ShardSettings:
     node_rank: int = 0
 
     def validate(self) -> None:
-        bad = [s for s in self.splits if s not in SPLITS]
-        if bad or not self.splits:
+        splits = self.splits if self.splits is not None else SPLITS
+        bad = [s for s in splits if s not in SPLITS]
+        if bad or not splits:
             named = ",".join(bad) or "(none)"
             raise ShardError(f"--split: unknown split {named}; choose from {','.join(SPLITS)}")
-        twice = sorted({s for s in self.splits if self.splits.count(s) > 1})
+        twice = sorted({s for s in splits if splits.count(s) > 1})
         if twice:
             # Refused rather than deduplicated: a split written twice doubled its samples and its
             # pixels in pca-stats; the intent of a repeated split is a guess we do not make.
-            raise ShardError(f"--split: {','.join(twice)} given more than once ({','.join(self.splits)})")
+            raise ShardError(f"--split: {','.join(twice)} given more than once ({','.join(splits)})")
         if self.shard_size < 1:
             raise ShardError(f"--shard-size must be >= 1, got {self.shard_size}")
         if not 1 <= self.quality <= 100:
@@ -80,14 +80,33 @@ class ShardSettings:
         d = asdict(self)
         for k in ("out", "workers", "strict", "overwrite", "node_rank"):
             d.pop(k)
-        d["splits"] = list(self.splits)
+        d["splits"] = None if self.splits is None else list(self.splits)
         return d
+
+
+def resolve_splits(settings: ShardSettings, layout: Layout, log: Callable[[str], None]) -> ShardSettings:
+    """`settings` with the default (None) turned into the source's labelled splits, so the manifest
+    names what was written. A split present without labels is left out by default, saying why;
+    asked for by --split, `select` refuses it."""
+    if settings.splits is not None:
+        return settings
+    splits = []
+    for split in layout.splits():
+        why = layout.unlabelled(split)
+        if why is None:
+            splits.append(split)
+        else:
+            log(f"{split}: left out ({why.split(': ', 1)[-1]})")
+    if not splits:
+        raise ShardError(f"{settings.src}: no split with labels in this {layout.name} copy")
+    return replace(settings, splits=tuple(splits))
 
 
 def select(
     layout: Layout, settings: ShardSettings
 ) -> tuple[list[dict[str, Any]], dict[str, list[SourceRef]]]:
-    """Classes and per-split sources after `--limit-classes` / `--per-class`."""
+    """Classes and per-split sources after `--limit-classes` / `--per-class` (splits resolved)."""
+    assert settings.splits is not None, "resolve_splits first"
     classes = layout.classes()
     if settings.limit_classes:
         classes = classes[: settings.limit_classes]
@@ -218,6 +237,7 @@ def run(settings: ShardSettings, log: Callable[[str], None] = print) -> dict[str
         log("memory:// exists only in this process: writing with 1 worker")
         workers = 1
     layout = detect(settings.src)  # reads only the class list: seconds, before --out is touched
+    settings = resolve_splits(settings, layout, log)
     with _run_lock(settings, log):  # before the listing, which takes minutes on the raw train tar
         return _shard_locked(settings, layout, workers, log)
 

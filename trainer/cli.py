@@ -197,15 +197,17 @@ def main(shards: str, out: str, epochs: int, batch_size: int, lr: float, momentu
                    "an ensemble (§6): the mean of the models' softmax outputs.")
 @click.option("--shards", required=True, help="Folder from `alexnet-prep shard` + `pca-stats`.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the 10 patches of §6.")
+@click.option("--split", type=click.Choice(["val", "test"]), default="val",
+              help="The shards to evaluate: test is ILSVRC-2010's, on which Table 1 is measured.")
 @click.option("--batch-size", type=int, default=paper.BATCH_SIZE, help="Evaluation batch (global).")
 @click.option("--devices", default=None, help="As for alexnet-train [default: as for alexnet-train].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="tf32", help="As for alexnet-train.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--progress/--no-progress", default=True,
               help="tqdm progress bar on stderr (TQDM_DISABLE=1 turns it off too).")
-def eval_main(checkpoint_paths: tuple[str, ...], shards: str, ten_crop: bool, batch_size: int,
+def eval_main(checkpoint_paths: tuple[str, ...], shards: str, ten_crop: bool, split: str, batch_size: int,
               devices: str | None, precision: str, as_json: bool, progress: bool) -> None:
-    """Evaluate a checkpoint alone: validation loss, top-1 and top-5 error, every image once.
+    """Evaluate a checkpoint alone: loss, top-1 and top-5 error on --split, every image once.
     With several --checkpoint, each model's numbers and those of their ensemble (§6)."""
     from trainer import distributed, evaluate
 
@@ -214,7 +216,7 @@ def eval_main(checkpoint_paths: tuple[str, ...], shards: str, ten_crop: bool, ba
 
     try:
         result = evaluate.main(checkpoint_paths, shards, ten_crop=ten_crop, batch_size=batch_size,
-                               devices=_devices(devices), precision=precision, progress=progress)
+                               devices=_devices(devices), precision=precision, progress=progress, split=split)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     except PipelineError as e:
@@ -222,14 +224,16 @@ def eval_main(checkpoint_paths: tuple[str, ...], shards: str, ten_crop: bool, ba
     if not distributed.from_env().main:
         return  # under torchrun every rank holds the same reduced totals: rank 0 alone reports them
     if as_json:
-        click.echo(json.dumps(result, sort_keys=True))
+        # The keys keep their val_ names whatever the split; "split" says which one they measure.
+        click.echo(json.dumps({**result, "split": split}, sort_keys=True))
         return
     mode = "10-crop" if ten_crop else "centre crop"
+    images = "images" if split == "val" else f"{split} images"
     if "ensemble" not in result:
-        click.echo(f"{result['val_samples']} images ({mode}): {_errors(result)}")
+        click.echo(f"{result['val_samples']} {images} ({mode}): {_errors(result)}")
         return
     members = result["members"]
-    click.echo(f"{result['ensemble']['val_samples']} images ({mode}), {len(members)} models:")
+    click.echo(f"{result['ensemble']['val_samples']} {images} ({mode}), {len(members)} models:")
     for member in members:
         click.echo(f"  {member['checkpoint']}: {_errors(member)}")
     click.echo(f"  ensemble (mean of {len(members)} softmaxes): {_errors(result['ensemble'])}")
