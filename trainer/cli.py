@@ -317,8 +317,8 @@ def figures_main(run_dir: str, shards: str, images: int, max_train: int | None, 
 @version.option("alexnet-predict")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--checkpoint", required=True,
-              help="A run folder (its best.safetensors, else final.safetensors, else its latest checkpoint) or "
-                   "a weights file (.safetensors, best.pt, final.pt, step-*.pt).")
+              help="A run folder (its best.safetensors, else final.safetensors, else its latest checkpoint) "
+                   "or a weights file (.safetensors, best.pt, final.pt, step-*.pt).")
 @click.option("--shards", default=None,
               help="The shards the weights were trained on: their statistics and class names, for weights "
                    "that do not carry them (anything but best/final.safetensors).")
