@@ -129,10 +129,11 @@ def load(checkpoint: str | Path, shards: str | None = None, device: str = "cpu")
 def preprocess(data: bytes, stats: InputStats) -> Tensor:
     """One image file's bytes as the eval pipeline's centre crop: float32 [3, 224, 224].
 
-    The order of the arithmetic is the pipeline's, so the values are the same to the bit (mean
-    image) or to the rounding of DALI's crop_mirror_normalize (per channel): the mean image is
-    subtracted from the whole 256x256 image before the crop (graph.centre), the per-channel mean and
-    1/std are applied in float32 (graph.normalize)."""
+    The arithmetic is the pipeline's, in its order, so the values are DALI's to the bit (measured on
+    the CPU, both modes; tests/test_predict.py): the mean image is subtracted in float32 from the
+    whole 256x256 image before the crop (graph.centre); per channel, crop_mirror_normalize computes
+    (x - mean) * (1 / std) in float32, and (x - mean) / std differs from it in the last bit of a
+    quarter of the values."""
     from tools.resize import process
 
     pixels = process(data, quality=stats.jpeg_quality).pixels  # uint8 [256, 256, 3], as stored
