@@ -53,12 +53,15 @@ def save_run(shards: Path, out: Path, cfg: TrainConfig) -> AlexNet:
 RUNS = {"image": dict(init="paper"), "channel": dict(init="kaiming", lrn="cuda-convnet", pool="nonoverlap")}
 
 
-@pytest.fixture(scope="module", params=sorted(RUNS))
-def saved_run(request: pytest.FixtureRequest, sample_shards: Path,
-              tmp_path_factory: pytest.TempPathFactory) -> SavedRun:
+def make_saved_run(request: pytest.FixtureRequest, sample_shards: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> SavedRun:
+    """The `saved_run` fixture of this module and test_predict.py: one run folder per RUNS entry."""
     cfg = TrainConfig(shards=str(sample_shards), out="", **RUNS[request.param])
     run = tmp_path_factory.mktemp(f"run-{request.param}")
     return run, save_run(sample_shards, run, cfg), cfg
+
+
+saved_run = pytest.fixture(scope="module", params=sorted(RUNS))(make_saved_run)
 
 
 def test_metadata_holds_switches_classes_and_statistics(saved_run: SavedRun,
