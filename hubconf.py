@@ -13,18 +13,18 @@ bare state dict, so the arguments must match the run that wrote it.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
 
-dependencies = ["torch"]  # safetensors is imported only for a .safetensors file
+dependencies = ["torch"]  # and the safetensors package for a .safetensors file, imported only then
 
 
 def _local(weights: str) -> str:
     """A path for `weights`: itself, or a URL downloaded once into torch.hub's cache (as
     load_state_dict_from_url does for a .pt)."""
-    import os
     from urllib.parse import urlparse
 
     import torch
@@ -39,8 +39,8 @@ def _local(weights: str) -> str:
     return path
 
 
-def alexnet(weights: str | None = None, num_classes: int = 1000, device: str = "cpu", **switches: Any,
-            ) -> nn.Module:
+def alexnet(weights: str | os.PathLike | None = None, num_classes: int = 1000, device: str = "cpu",
+            **switches: Any) -> nn.Module:
     """The paper's AlexNet (Krizhevsky et al. 2012) on `device`, with `weights` loaded if given.
 
     weights: a local path or a URL to a .safetensors file or a .pt state dict (best.pt, final.pt).
@@ -50,11 +50,13 @@ def alexnet(weights: str | None = None, num_classes: int = 1000, device: str = "
     """
     import torch
 
-    from trainer import checkpoint, weightfile
-    from trainer.model import AlexNet
+    from trainer.model import AlexNet  # needs torch alone
 
     state = None
-    if weights is not None and weightfile.is_safetensors(weights):
+    weights = None if weights is None else str(weights)  # a pathlib.Path too
+    if weights is not None and weights.endswith(".safetensors"):
+        from trainer import weightfile  # needs the safetensors package (and numpy)
+
         loaded = weightfile.load(_local(weights))
         for name, value in [("num_classes", loaded.num_classes), *loaded.switches.items()]:
             given = num_classes if name == "num_classes" else switches.get(name, value)
@@ -66,8 +68,10 @@ def alexnet(weights: str | None = None, num_classes: int = 1000, device: str = "
     elif weights is not None:
         if "://" in weights:
             state = torch.hub.load_state_dict_from_url(weights, map_location="cpu", weights_only=True)
-        else:  # also a full checkpoint's "model"; a torchvision AlexNet is explained, not mis-loaded
-            state = checkpoint.load_weights(weights)
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        if isinstance(state.get("model"), dict):  # an alexnet-train checkpoint (step-*.pt)
+            state = state["model"]
     model = AlexNet(num_classes=num_classes, devices=(device,), **switches)
     if state is not None:
         model.load_state_dict(state)

@@ -55,6 +55,15 @@ def eval_batch(shards: Path, mean: str, n: int) -> tuple[torch.Tensor, torch.Ten
     return images, labels
 
 
+def assert_same_logits(got: torch.Tensor, model: torch.nn.Module, images: torch.Tensor) -> None:
+    """`got` is `model`'s forward pass of `images`, up to a reordered float32 forward pass (the other
+    batch may take other kernels), relative to the largest logit."""
+    with torch.no_grad():
+        expected = model(images)
+    tol = forward_rtol(model)
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
 def test_inputs_and_logits_are_the_evaluations(saved_run: SavedRun, sample_shards: Path,
                                                val_images: tuple[list[Path], torch.Tensor]) -> None:
     run, model, cfg = saved_run
@@ -65,12 +74,7 @@ def test_inputs_and_logits_are_the_evaluations(saved_run: SavedRun, sample_shard
     theirs, their_labels = eval_batch(sample_shards, cfg.mean, len(files))
     assert torch.equal(their_labels, labels)  # the same images in the same order
     assert torch.equal(mine, theirs)  # bit for bit: the same resize, JPEG, crop and arithmetic
-    with torch.no_grad():
-        expected = model(theirs)
-    got = predict.logits(p, mine)
-    # Another process's batch may take other kernels: a reordered float32 forward pass at most.
-    tol = forward_rtol(model)
-    torch.testing.assert_close(got, expected, rtol=tol, atol=tol * expected.abs().max().item())
+    assert_same_logits(predict.logits(p, mine), model, theirs)
 
 
 def test_errors_are_alexnet_evals(saved_run: SavedRun, sample_shards: Path,
@@ -172,3 +176,29 @@ def test_bad_input_is_one_line_naming_the_file(saved_run: SavedRun, tmp_path: Pa
         result = CliRunner().invoke(predict_main, ["--device", "cpu", *args])
         one_line_error(result, 2, message)
         assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.slow  # a real 1-epoch run through DALI (~20 s on 2 cores); the tests above cover each piece
+def test_a_trained_runs_final_weights_predict_as_they_evaluate(sample_shards: Path, tmp_path: Path,
+                                                               val_images: tuple[list[Path], torch.Tensor],
+                                                               ) -> None:
+    """What alexnet-train itself writes (here --mean channel, kaiming's) needs nothing else."""
+    from trainer.cli import main as train_main
+    from trainer.config import TrainConfig
+    from trainer.model import AlexNet
+    from trainer.train import model_args
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(train_main, ["--shards", str(sample_shards), "--out", str(run), "--epochs",
+                                             "1", "--batch-size", "8", "--init", "kaiming", "--devices",
+                                             "cpu", "--precision", "fp32", "--no-progress", "--no-ten-crop"])
+    assert result.exit_code == 0, result.output
+    cfg = TrainConfig.from_dict(json.loads((run / "params.json").read_text())["config"])
+    model = AlexNet(num_classes=4, devices=("cpu",), lrn_variant=cfg.lrn, **model_args(cfg)).eval()
+    model.load_state_dict(torch.load(run / checkpoint.FINAL, weights_only=True))
+    files, labels = val_images
+    p = predict.load(run / weightfile.FINAL, device="cpu")
+    mine = torch.stack([predict.read_image(f, p.stats) for f in files])
+    theirs, _ = eval_batch(sample_shards, cfg.mean, len(files))
+    assert torch.equal(mine, theirs)
+    assert_same_logits(predict.logits(p, mine), model, theirs)

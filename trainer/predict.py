@@ -200,9 +200,14 @@ def main(checkpoint: str, images: Sequence[str], shards: str | None = None, devi
         raise PredictError("give at least one image file")
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
-        raise PredictError(f"{missing[0]}: no such file" + (f" (and {len(missing) - 1} more)"
-                                                              if len(missing) > 1 else ""))
+        what = "a folder, not an image file" if Path(missing[0]).is_dir() else "no such file"
+        raise PredictError(f"{missing[0]}: {what}" + (f" (and {len(missing) - 1} more missing)"
+                                                       if len(missing) > 1 else ""))
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise PredictError(f"--device: {device!r} is not a device name (e.g. cpu, cuda:0)") from None
     predictor = load(checkpoint, shards, device)
     for image, best in predict(predictor, images, k):
         if as_json:
