@@ -197,3 +197,16 @@ def test_init_from_a_safetensors(sample_shards: Path, tmp_path: Path, tiny: None
     result = cli("--shards", str(sample_shards), "--out", str(tmp_path / "b"), *ARGS, "--init-from", str(bad))
     one_line_error(result, 2, f"--init-from: {bad}: not a readable safetensors file")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_diverged_run_leaves_no_weights_file_of_its_nans(sample_shards: Path, tmp_path: Path,
+                                                          tiny: None) -> None:
+    """test_train_faults.py's overflow: the NaN weights of epoch 0 still score a finite val error,
+    which made them the best so far; neither best.pt nor best.safetensors may hold them."""
+    out = tmp_path / "run"
+    result = cli("--shards", str(sample_shards), "--out", str(out), *ARGS, "--lr", "1e38", "--max-steps", "4")
+    one_line_error(result, 1, "non-finite weights (net.3.weight) at step ")
+    assert "epoch 0: train loss nan, val top-1 err 0." in result.output  # validated, scored finite
+    for name in (checkpoint.BEST, weightfile.BEST, checkpoint.FINAL, weightfile.FINAL):
+        if (out / name).exists():
+            assert all(torch.isfinite(t).all() for t in checkpoint.load_weights(out / name).values()), name

@@ -891,9 +891,11 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
                            f"{val['val_top1_err']:.4f}, top-5 err {val['val_top5_err']:.4f}, "
                            f"{last['images_per_s']:.0f} img/s, data wait {train['data_wait']:.0%}",
                            file=sys.stderr)
-            if world.main and val["val_top1_err"] < best:
+            # Non-finite weights can still score a finite error (argmax of NaNs): no best file of them;
+            # save() below stops the run with the reason.
+            if world.main and val["val_top1_err"] < best and nonfinite_parameter(weights) is None:
                 best = val["val_top1_err"]
-                weightfile.save(out / weightfile.BEST, weights, file_meta)  # first: refuses NaN weights
+                weightfile.save(out / weightfile.BEST, weights, file_meta)
                 checkpoint.save_weights(out / checkpoint.BEST, weights)
             pos.epoch, pos.batch, pos.loss_sum, pos.samples, pos.hits = pos.epoch + 1, 0, 0.0, 0.0, 0.0
             save(weights)
