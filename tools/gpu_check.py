@@ -74,6 +74,7 @@ REQUIREMENTS = (
     ("nvidia.dali", "nvidia-dali-cuda130>=2.0"),
     ("tensorboard", "tensorboard>=2.14"),
     ("matplotlib", "matplotlib>=3.7"),
+    ("safetensors", "safetensors>=0.4"),
 )
 TORCH = ("torch", "the torch build for this machine's CUDA driver")
 # Not needed by the check, but in the wheelhouse so that `pytest -m gpu` runs on the GPU box too.

@@ -105,9 +105,13 @@ def save_weights(path: str | Path, model_state: dict[str, torch.Tensor]) -> Path
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A model state dict from a weights file (best.pt, final.pt) or from a full checkpoint (its
-    "model"); raises CheckpointError naming the file."""
+    """A model state dict from a weights file (best.pt, final.pt, their .safetensors) or from a full
+    checkpoint (its "model"); raises CheckpointError naming the file."""
     path = Path(path)
+    if path.suffix == ".safetensors":  # trainer/weightfile.py: the .safetensors twin of best.pt/final.pt
+        from trainer import weightfile
+
+        return weightfile.read(path)[0]
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
     try:

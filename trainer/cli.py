@@ -1,10 +1,11 @@
-"""Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report`, `alexnet-bench`, `alexnet-ablations`
-and `alexnet-figures`.
+"""Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report`, `alexnet-bench`, `alexnet-ablations`,
+`alexnet-figures` and `alexnet-predict`.
 
     alexnet-train --shards shards/ --out runs/paper
     alexnet-eval --checkpoint runs/paper --shards shards/ --ten-crop
     alexnet-eval --checkpoint runs/a --checkpoint runs/b --shards shards/ --ten-crop   # §6 ensemble
     alexnet-report runs/paper
+    alexnet-predict --checkpoint runs/paper cat.jpg
     alexnet-bench train --shards shards/ --precision bf16
 
 Each command maps its flags onto one settings object and checks it before any work; a bad value
@@ -314,6 +315,30 @@ def figures_main(run_dir: str, shards: str, images: int, max_train: int | None, 
     except FigureError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {png3} and {png4}")
+
+
+@click.command(context_settings=CONTEXT)
+@version.option("alexnet-predict")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--checkpoint", required=True,
+              help="A run folder (its best.safetensors, else final.safetensors, else its latest checkpoint) "
+                   "or a weights file (.safetensors, best.pt, final.pt, step-*.pt).")
+@click.option("--shards", default=None,
+              help="The shards the weights were trained on: their statistics and class names, for weights "
+                   "that do not carry them (anything but best/final.safetensors).")
+@click.option("--device", default=None, help="cuda:0, cpu, ... [default: the first GPU, else the CPU].")
+@click.option("--top", "k", type=click.IntRange(min=1), default=5, help="Classes printed per image.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+def predict_main(images: tuple[str, ...], checkpoint: str, shards: str | None, device: str | None, k: int,
+                 as_json: bool) -> None:
+    """Print the most probable classes of each IMAGE, preprocessed exactly as alexnet-eval's centre crop."""
+    from trainer.predict import PredictError, main
+
+    try:
+        main(checkpoint, images, shards=shards, device=device, k=k, echo=click.echo, as_json=as_json)
+    except PredictError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)  # bad input, as for the other commands
 
 
 @click.group(context_settings=CONTEXT)

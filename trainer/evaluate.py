@@ -170,13 +170,16 @@ def weights_state(path: Any) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint file (step-*.pt), or a run folder's latest good checkpoint. Raises ConfigError."""
+    """A checkpoint file (step-*.pt), a run's weights (best.pt, final.pt, best/final.safetensors), or a
+    run folder's latest good checkpoint. Raises ConfigError."""
     from pathlib import Path
 
-    from trainer import checkpoint
+    from trainer import checkpoint, weightfile
     from trainer.config import ConfigError
 
     try:
+        if weightfile.is_safetensors(path):  # carries its switches and input normalisation itself
+            return weightfile.load(path).checkpoint_state()
         if Path(path).is_dir():
             found = checkpoint.load_latest(Path(path))
             if found is None:

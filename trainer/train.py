@@ -46,7 +46,7 @@ from pipeline.loader import PAD_LABEL
 from tools import atomic
 from tools import manifest as manifest_lib
 from tools.lock import RunLock, RunLockedError
-from trainer import checkpoint, distributed, hybrid, metrics, optim
+from trainer import checkpoint, distributed, hybrid, metrics, optim, weightfile
 from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag, paper_differences
 from trainer.evaluate import evaluate
 from trainer.model import AlexNet
@@ -814,6 +814,8 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
         steps_per_epoch = len(train_loader)
 
         shards = shards_identity(plan)
+        # What best/final.safetensors carry besides the weights: switches, classes, input statistics.
+        file_meta = weightfile.run_metadata(cfg, plan.manifest, git_revision()) if world.main else {}
 
         def save(weights: dict[str, Tensor] | None = None) -> None:
             # Every rank checks (DDP keeps the weights equal, and the hybrid's are gathered on every
@@ -889,8 +891,11 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
                            f"{val['val_top1_err']:.4f}, top-5 err {val['val_top5_err']:.4f}, "
                            f"{last['images_per_s']:.0f} img/s, data wait {train['data_wait']:.0%}",
                            file=sys.stderr)
-            if world.main and val["val_top1_err"] < best:
+            # Non-finite weights can still score a finite error (argmax of NaNs): no best file of them;
+            # save() below stops the run with the reason.
+            if world.main and val["val_top1_err"] < best and nonfinite_parameter(weights) is None:
                 best = val["val_top1_err"]
+                weightfile.save(out / weightfile.BEST, weights, file_meta)
                 checkpoint.save_weights(out / checkpoint.BEST, weights)
             pos.epoch, pos.batch, pos.loss_sum, pos.samples, pos.hits = pos.epoch + 1, 0, 0.0, 0.0, 0.0
             save(weights)
@@ -901,9 +906,11 @@ def run(plan: Plan, stop: StopSignals) -> dict[str, Any]:
                 raise StopRun
         weights = weights_state(model)
         if world.main:
+            weightfile.save(out / weightfile.FINAL, weights, file_meta)
             checkpoint.save_weights(out / checkpoint.FINAL, weights)
             tqdm.write(f"weights: {out / checkpoint.FINAL} (last epoch), {out / checkpoint.BEST} (lowest val "
-                       f"top-1 error, {best:.4f}); full checkpoints in {checkpoint.folder(out)}",
+                       f"top-1 error, {best:.4f}), each also as {weightfile.SUFFIX}; full checkpoints in "
+                       f"{checkpoint.folder(out)}",
                        file=sys.stderr)
         if cfg.ten_crop:
             ten = validate(True, weights)
