@@ -262,12 +262,12 @@ def parse_words(data: bytes, where: str) -> dict[str, str]:
     return words
 
 
-def read_words(fs: Any, folder: str, where: str) -> dict[str, str] | None:
-    """`folder/words.txt` parsed, or None if there is none; `where` names the folder in errors."""
+def read_words(fs: Any, folder: str, src: str) -> dict[str, str] | None:
+    """`folder/words.txt` parsed, or None if there is none; `src` (the folder's URL) names it in errors."""
     path = posixpath.join(folder, WORDS)
     if not fs.isfile(path):
         return None
-    return parse_words(fs.cat_file(path), posixpath.join(where, WORDS) if where else WORDS)
+    return parse_words(fs.cat_file(path), urls.join(src, WORDS))
 
 
 # --- tars read in place -----------------------------------------------------------------------
@@ -576,7 +576,7 @@ class FoldersLayout(Layout):
             raise LayoutError(
                 f"{self.src}/{split}: no class folders (nXXXXXXXX/) and no devkit naming the classes"
             )
-        words = read_words(self.fs, self.root, "")
+        words = read_words(self.fs, self.root, self.src)
         if words is not None:  # a Fall release extracted: train/<wnid>/ and words.txt beside it
             return sorted_classes({w: words.get(w, w) for w in wnids})
         return sorted_classes(dict.fromkeys(wnids, ""))
@@ -706,7 +706,7 @@ class FallLayout(Layout):
         return list(self._members)
 
     def _read_classes(self) -> list[ClassInfo]:
-        words = read_words(self.fs, self.root, "") or {}
+        words = read_words(self.fs, self.root, self.src) or {}
         return sorted_classes({w: words.get(w, w) for w, _, _, _ in self.members()})
 
     def _samples(self, split: str) -> list[SourceRef]:
