@@ -270,6 +270,8 @@ def _shard_locked(settings: ShardSettings, layout: Layout, workers: int,
                   log: Callable[[str], None]) -> dict[str, Any]:
     raw = layout.name.startswith("raw")
     slow = " (reads every tar member header: ~1.5 min for the full train tar)" if raw else ""
+    if layout.name == "fall":  # 14M headers at the 74 us a header measured on the 2012 train tar
+        slow = " (reads every tar member header: ~17 min for fall11_whole.tar)"
     log(f"{settings.src}: {layout.name} layout; listing the images{slow}")
     classes, sources = select(layout, settings)
     labels = {c["wnid"]: c["index"] for c in classes}
