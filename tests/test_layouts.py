@@ -12,6 +12,7 @@ import fsspec
 import pytest
 import scipy.io
 
+from tools.holdout import HoldoutRule, apply
 from tools.layouts import Layout, LayoutError, SourceRef, detect, read_bytes
 from tools.sample import make_sample
 
@@ -610,6 +611,9 @@ def test_fall_extracted_to_train_folders_with_words_txt(fall: tuple[Path, dict],
     assert layout.name == "folders" and layout.splits() == ["train"]
     assert layout.classes() == tar_layout.classes()
     assert labels(layout.samples("train")) == labels(tar_layout.samples("train"))
+    # the held-out split depends on (seed, wnid, image name) only, not on how the release is stored
+    rule = HoldoutRule(fraction=0.5, seed=3)
+    assert labels(apply(layout, rule).samples("val")) == labels(apply(tar_layout, rule).samples("val"))
     (copy_root / "words.txt").write_text("n00000001 no tab\n")
     with pytest.raises(LayoutError, match=rf"^{copy_root}/words\.txt: line 1 "):
         detect(str(copy_root))
