@@ -109,9 +109,13 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
         _fail(str(e))
     except OSError as e:
         _fail(f"--out {out}: cannot write the sample ({_os_error(e)})")
+    rest = f" + {summary['val']} val images"
+    if "test" in summary:
+        rest += f" + {summary['test']} test images"
+    if layout == "fall":
+        rest = " images (no val: a Fall release has none)"
     click.echo(f"{out}: {summary['layout']} sample, {summary['classes']} classes, "
-               f"{summary['train']} train + {summary['val']} val images"
-               + (f" + {summary['test']} test images" if "test" in summary else ""))
+               f"{summary['train']} train{rest}")
 
 
 @main.command()
