@@ -12,6 +12,7 @@ import fsspec
 import pytest
 import scipy.io
 
+from tools.holdout import HoldoutRule, apply
 from tools.layouts import Layout, LayoutError, SourceRef, detect, read_bytes
 from tools.sample import make_sample
 
@@ -463,3 +464,156 @@ def test_raw_2010_val_and_test_members_sit_under_a_folder(samples: dict) -> None
     layout = detect(str(root))
     plain = [r for split in ("val", "test") for r in layout.samples(split) if not r.replaces]
     assert plain and all(r.path.split("/")[1] in ("val", "test") for r in plain)
+
+
+# --- ImageNet Fall releases: a tar of per-synset tars, words.txt, no devkit, no val -----------------
+
+FALL = {"classes": 4, "train_per_class": 6}
+
+
+@pytest.fixture(scope="module")
+def fall(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("fall") / "fall11"
+    return root, make_sample(str(root), layout="fall", **FALL)
+
+
+def fall_copy(fall: tuple[Path, dict], tmp_path: Path) -> tuple[Path, dict]:
+    src, summary = fall
+    shutil.copytree(src, tmp_path / "fall11")
+    return tmp_path / "fall11", summary
+
+
+def fall_images(tar_path: Path) -> dict[str, tuple[str, bytes]]:
+    """key -> (wnid, bytes) of every image, extracted the ordinary way (independently of layouts)."""
+    images = {}
+    with tarfile.open(tar_path) as outer:
+        for m in outer:
+            with tarfile.open(fileobj=outer.extractfile(m)) as inner:
+                for n in inner:
+                    images[n.name.rsplit(".", 1)[0]] = (m.name[: -len(".tar")], inner.extractfile(n).read())
+    return images
+
+
+def rewrite_fall(tar_path: Path, members: list[tuple[str, bytes]]) -> None:
+    """Rebuild the outer tar with `members` (name, bytes) in the given order."""
+    with tarfile.open(tar_path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def fall_members(tar_path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(tar_path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar]
+
+
+def test_fall_every_image_once_sorted_wnid_labels_words_from_words_txt(fall: tuple[Path, dict]) -> None:
+    root, summary = fall
+    layout = detect(str(root))
+    assert layout.name == "fall" and layout.splits() == ["train"]
+    words = dict(line.split("\t") for line in (root / "words.txt").read_text().splitlines())
+    assert len(words) > FALL["classes"]  # it names synsets the tar lacks; they are not classes
+    wnids = sorted(summary["wnids"])
+    expected = [(i, w, words[w]) for i, w in enumerate(wnids)]
+    assert [(c.index, c.wnid, c.words) for c in layout.classes()] == expected
+    truth = fall_images(root / "fall11_whole.tar")
+    refs = layout.samples("train")
+    assert [r.key for r in refs] == sorted(truth)  # every image once, sorted by key
+    for r in refs:
+        assert (r.wnid, read_bytes(r)) == truth[r.key]
+        assert r.path == f"fall11_whole.tar/{r.wnid}.tar/{r.key}.JPEG"
+    counts = {w: sum(r.wnid == w for r in refs) for w in wnids}
+    assert counts == summary["per_class"] and len(set(counts.values())) > 1  # unequal class sizes
+    with pytest.raises(LayoutError, match="no val split"):
+        layout.samples("val")
+
+
+def test_fall_without_words_txt_names_classes_by_wnid(fall: tuple[Path, dict], tmp_path: Path) -> None:
+    root, summary = fall_copy(fall, tmp_path)
+    (root / "words.txt").unlink()
+    assert [c.words for c in detect(str(root)).classes()] == sorted(summary["wnids"])
+
+
+def test_fall_release_of_another_name_is_recognised_by_its_shape(fall: tuple[Path, dict],
+                                                                 tmp_path: Path) -> None:
+    root, summary = fall_copy(fall, tmp_path)
+    (root / "fall11_whole.tar").rename(root / "winter21_whole.tar")
+    rewrite_fall(root / "notes.tar", [("README", b"not a release")])  # a tar of another shape beside it
+    layout = detect(str(root))
+    assert layout.name == "fall"
+    refs = layout.samples("train")
+    assert len(refs) == summary["train"] and refs[0].path.startswith("winter21_whole.tar/")
+    shutil.copy(root / "winter21_whole.tar", root / "fall09_whole.tar")
+    with pytest.raises(LayoutError, match="several tars of per-synset tars.*keep one"):
+        detect(str(root))
+
+
+def test_fall_gzip_compressed_release_is_refused_in_one_line(fall: tuple[Path, dict], tmp_path: Path) -> None:
+    import gzip
+
+    root, _ = fall_copy(fall, tmp_path)
+    tar = root / "fall11_whole.tar"
+    (root / "winter21_whole.tar.gz").write_bytes(gzip.compress(tar.read_bytes()))
+    tar.unlink()
+    with pytest.raises(LayoutError, match=r"winter21_whole\.tar\.gz: .*cannot be read in place") as e:
+        detect(str(root))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text,line", [
+    ("n00000001\tentity\nn00000002 no tab\n", 2),
+    ("n00000001\tentity\n\nx0000002\tbad wnid\n", 3),
+    ("n00000001\tentity\nn00000001\tagain\n", 2),
+    ("n00000001\t\n", 1),
+])
+def test_fall_malformed_words_txt(fall: tuple[Path, dict], tmp_path: Path, text: str, line: int) -> None:
+    root, _ = fall_copy(fall, tmp_path)
+    (root / "words.txt").write_text(text)
+    with pytest.raises(LayoutError, match=rf"words\.txt: line {line} is .*not 'nXXXXXXXX<TAB>words'|"
+                                          rf"words\.txt: line {line} lists n00000001 a second time") as e:
+        detect(str(root))
+    assert str(e.value).startswith(f"{root}/words.txt: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("README.txt", b"hello", r"fall11_whole\.tar/README\.txt: not a per-synset tar"),
+    ("n09999999.tar", b"\x00garbage" * 100, r"fall11_whole\.tar/n09999999\.tar: not a readable tar"),
+    ("n09999999.tar", b"\x00" * 10240, r"fall11_whole\.tar/n09999999\.tar: holds no images"),
+])
+def test_fall_bad_member(fall: tuple[Path, dict], tmp_path: Path, name: str, data: bytes,
+                         message: str) -> None:
+    root, _ = fall_copy(fall, tmp_path)
+    tar = root / "fall11_whole.tar"
+    rewrite_fall(tar, fall_members(tar) + [(name, data)])
+    with pytest.raises(LayoutError, match=message) as e:
+        detect(str(root)).samples("train")
+    assert "\n" not in str(e.value)
+
+
+def test_fall_member_order_does_not_matter(fall: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = fall_copy(fall, tmp_path)
+    before = [(r.key, r.wnid, read_bytes(r)) for r in detect(str(root)).samples("train")]
+    tar = root / "fall11_whole.tar"
+    rewrite_fall(tar, fall_members(tar)[::-1])
+    after = detect(str(root)).samples("train")
+    assert [(r.key, r.wnid, read_bytes(r)) for r in after] == before
+
+
+def test_fall_extracted_to_train_folders_with_words_txt(fall: tuple[Path, dict], tmp_path: Path) -> None:
+    root, summary = fall
+    copy_root = tmp_path / "fall11-folders"
+    for key, (wnid, data) in fall_images(root / "fall11_whole.tar").items():
+        (copy_root / "train" / wnid).mkdir(parents=True, exist_ok=True)
+        (copy_root / "train" / wnid / f"{key}.JPEG").write_bytes(data)
+    shutil.copy(root / "words.txt", copy_root / "words.txt")
+    layout, tar_layout = detect(str(copy_root)), detect(str(root))
+    assert layout.name == "folders" and layout.splits() == ["train"]
+    assert layout.classes() == tar_layout.classes()
+    assert labels(layout.samples("train")) == labels(tar_layout.samples("train"))
+    # the held-out split depends on (seed, wnid, image name) only, not on how the release is stored
+    rule = HoldoutRule(fraction=0.5, seed=3)
+    assert labels(apply(layout, rule).samples("val")) == labels(apply(tar_layout, rule).samples("val"))
+    (copy_root / "words.txt").write_text("n00000001 no tab\n")
+    with pytest.raises(LayoutError, match=rf"^{copy_root}/words\.txt: line 1 "):
+        detect(str(copy_root))

@@ -301,3 +301,52 @@ def test_bad_parameters(kwargs: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=message):
         make_sample(str(tmp_path), **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+# --- layout="fall": an ImageNet Fall release (a tar of per-synset tars, words.txt) ------------------
+
+FALL = {"layout": "fall", "classes": 4, "train_per_class": 6}
+
+
+def test_fall_shape_words_and_reproducible(tmp_path: Path) -> None:
+    root = tmp_path / "fall"
+    summary = make_sample(str(root), **FALL)
+    assert sorted(p.name for p in root.iterdir()) == [".sample.json", "fall11_whole.tar", "words.txt"]
+    with tarfile.open(root / "fall11_whole.tar") as outer:
+        names = outer.getnames()
+        inner = {m.name: tarfile.open(fileobj=io.BytesIO(outer.extractfile(m).read())).getnames()
+                 for m in outer}
+    assert names == [f"{w}.tar" for w in sorted(summary["wnids"])]  # nothing but per-synset tars
+    for name, members in inner.items():
+        wnid = name[: -len(".tar")]
+        assert members and all(m.startswith(f"{wnid}_") and m.endswith(".JPEG") for m in members)
+    sizes = {name[: -len(".tar")]: len(members) for name, members in inner.items()}
+    assert sizes == summary["per_class"] and sum(sizes.values()) == summary["train"] and summary["val"] == 0
+    n = FALL["train_per_class"]
+    assert all(n - n // 2 <= k <= n for k in sizes.values()) and len(set(sizes.values())) > 1
+    words = dict(line.split("\t") for line in (root / "words.txt").read_text().splitlines())
+    assert set(summary["wnids"]) < set(words) and all(words.values())
+    assert {q["kind"] for q in summary["quirks"]} == set(QUIRKS)
+    assert tree(str(tmp_path / "fall")) == tree(make_sample_at(tmp_path / "again", **FALL))
+    make_sample(str(tmp_path / "bare"), words=False, **FALL)
+    assert not (tmp_path / "bare" / "words.txt").exists()
+    assert (tmp_path / "bare" / "fall11_whole.tar").read_bytes() == (root / "fall11_whole.tar").read_bytes()
+
+
+def make_sample_at(root: Path, **kwargs: object) -> str:
+    make_sample(str(root), **kwargs)
+    return str(root)
+
+
+def test_fall_from_the_command_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tools.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["sample", "--out", str(tmp_path / "f"), "--layout", "fall",
+                                  "--classes", "3", "--train-per-class", "4", "--no-words"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "f" / "fall11_whole.tar").exists() and not (tmp_path / "f" / "words.txt").exists()
+    result = runner.invoke(main, ["sample", "--out", str(tmp_path / "r"), "--no-words"])
+    assert result.exit_code == 1 and "--layout fall" in result.output and not (tmp_path / "r").exists()

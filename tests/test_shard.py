@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -338,3 +339,108 @@ def test_2010_patches_added_after_a_run_redo_the_shards_they_touch(sample2010_sr
     assert len(m["splits"]["test"]["replaced"]) == 1
     fresh = _made_by_shard(sample2010_shards)
     assert _all_bytes(out) == {k: v for k, v in fresh.items() if k.startswith("test-")}
+
+
+# --- ImageNet Fall: a held-out val split carved from a train-only source --------------------------
+
+FALL = {"classes": 4, "train_per_class": 6, "seed": 2}
+
+
+@pytest.fixture(scope="module")
+def fall_src(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fall") / "fall11"
+    return root, make_sample(str(root), layout="fall", **FALL)
+
+
+def _keys_and_labels(out: Path, m: dict, split: str) -> dict[str, int]:
+    seen = {}
+    for entry in m["splits"][split]["shards"]:
+        for key, s in _members(out / entry["name"]).items():
+            assert key not in seen
+            seen[key] = int.from_bytes(s["lbl"], "little")
+    return seen
+
+
+@pytest.mark.parametrize("rule,expect", [
+    ({"holdout_per_class": 2}, lambda n: min(2, n - 1)),
+    ({"holdout_fraction": 0.5}, lambda n: n // 2),  # §6's Fall 2009: half for training, half for testing
+])
+def test_fall_holdout_exact_counts_disjoint_complete_and_recorded(tmp_path, fall_src, rule, expect):
+    src, summary = fall_src
+    m = _shard(src, tmp_path / "out", shard_size=5, **rule)
+    assert list(m["splits"]) == ["train", "val"] and m["options"]["splits"] == ["train", "val"]
+    wnids = sorted(summary["wnids"])
+    train = _keys_and_labels(tmp_path / "out", m, "train")
+    val = _keys_and_labels(tmp_path / "out", m, "val")
+    skipped = {s["key"] for body in m["splits"].values() for s in body["skipped"]}
+    everything = {r.key: r.wnid for r in detect(str(src)).samples("train")}
+    assert not set(train) & set(val) and set(train) | set(val) | skipped == set(everything)
+    assert all(label == wnids.index(everything[k]) for k, label in {**train, **val}.items())
+    held = {w: expect(n) for w, n in summary["per_class"].items()}
+    val_all = set(val) | {s["key"] for s in m["splits"]["val"]["skipped"]}  # as carved, before decoding
+    assert {w: sum(everything[k] == w for k in val_all) for w in wnids} == held
+    h = m["holdout"]
+    assert (h["split"], h["from"], h["seed"]) == ("val", "train", 0)
+    assert h["rule"] == ("per-class" if "holdout_per_class" in rule else "fraction")
+    assert (h["images"], h["val"], h["train"]) == (summary["train"], sum(held.values()),
+                                                   summary["train"] - sum(held.values()))
+    assert {k: m["options"][k] for k in rule} == rule
+
+
+def test_fall_holdout_same_for_any_worker_count_and_rerun(tmp_path, fall_src):
+    src, _ = fall_src
+    one = _shard(src, tmp_path / "one", shard_size=5, holdout_fraction=0.5, workers=1)
+    two = _shard(src, tmp_path / "two", shard_size=5, holdout_fraction=0.5, workers=2)
+    again = _shard(src, tmp_path / "again", shard_size=5, holdout_fraction=0.5, workers=1)
+    made = _made_by_shard(tmp_path / "one")
+    assert made == _made_by_shard(tmp_path / "two") == _made_by_shard(tmp_path / "again") and made
+    assert one["holdout"] == two["holdout"] == again["holdout"]
+    other = _shard(src, tmp_path / "other", shard_size=5, holdout_fraction=0.5, holdout_seed=1)
+    assert set(_keys_and_labels(tmp_path / "other", other, "val")) != set(
+        _keys_and_labels(tmp_path / "one", one, "val"))
+    # --seed reshuffles the train shards but holds out the same images
+    reshuffled = _shard(src, tmp_path / "reshuffled", shard_size=5, holdout_fraction=0.5, seed=5)
+    assert _keys_and_labels(tmp_path / "reshuffled", reshuffled, "val") == _keys_and_labels(
+        tmp_path / "one", one, "val")
+
+
+def test_fall_holdout_nodes_merge_into_the_single_node_manifest(tmp_path, fall_src):
+    src, _ = fall_src
+    single = _shard(src, tmp_path / "single", shard_size=5, holdout_per_class=1)
+    out = tmp_path / "nodes"
+    for rank in range(2):
+        _shard(src, out, shard_size=5, holdout_per_class=1, num_nodes=2, node_rank=rank)
+    result = CliRunner().invoke(main, ["merge-manifest", "--shards", str(out)])
+    assert result.exit_code == 0, result.output
+    merged = json.loads((out / "manifest.json").read_text())
+    assert merged["splits"] == single["splits"] and merged["holdout"] == single["holdout"]
+    part = out / "manifest.node-0-of-2.json"
+    node = json.loads(part.read_text())
+    part.write_text(json.dumps(dict(node, holdout=dict(node["holdout"], val=0))))
+    result = CliRunner().invoke(main, ["merge-manifest", "--shards", str(out)])
+    assert result.exit_code == 1 and "different held-out splits" in result.output
+
+
+def test_fall_holdout_options_checked_in_one_line(tmp_path, fall_src, sample_src):
+    src, _ = fall_src
+    runner = CliRunner()
+    for args, message in (
+        (["--holdout-per-class", "1", "--holdout-fraction", "0.5"], "give one, not both"),
+        (["--holdout-fraction", "1"], r"--holdout-fraction must be in \(0, 1\)"),
+        (["--holdout-per-class", "0"], "--holdout-per-class must be >= 1"),
+    ):
+        result = runner.invoke(main, ["shard", "--src", str(src), "--out", str(tmp_path / "x"), *args])
+        assert result.exit_code == 1 and len(_error_lines(result.output)) == 1, result.output
+        assert re.search(message, result.output), result.output
+    result = runner.invoke(main, ["shard", "--src", str(sample_src), "--out", str(tmp_path / "y"),
+                                  "--holdout-fraction", "0.5"])
+    assert result.exit_code == 1 and "train only" in result.output and not (tmp_path / "y").exists()
+    # without a holdout, the options are those of a folder sharded before holdouts existed
+    assert not any(k.startswith("holdout") for k in ShardSettings(src="x").options())
+
+
+def test_fall_without_holdout_writes_train_only(tmp_path, fall_src):
+    src, summary = fall_src
+    m = _shard(src, tmp_path / "out", shard_size=8)
+    assert list(m["splits"]) == ["train"] and "holdout" not in m
+    assert m["splits"]["train"]["samples"] + len(m["splits"]["train"]["skipped"]) == summary["train"]

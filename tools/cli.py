@@ -69,9 +69,10 @@ def main() -> None:
 
 @main.command()
 @click.option("--out", required=True, help="Folder or fsspec URL to write the dataset into.")
-@click.option("--layout", type=click.Choice(["raw", "folders", "kaggle"]), default="raw",
+@click.option("--layout", type=click.Choice(["raw", "folders", "kaggle", "fall"]), default="raw",
               help="raw: the never-extracted ILSVRC downloads; folders: train/<wnid>/, val/<wnid>/; "
-                   "kaggle: ILSVRC/Data/CLS-LOC with LOC_*.csv/txt.")
+                   "kaggle: ILSVRC/Data/CLS-LOC with LOC_*.csv/txt; fall: an ImageNet Fall release "
+                   "(fall11_whole.tar, a tar of per-synset tars; train images only, class sizes vary).")
 @click.option("--classes", type=click.IntRange(2, 1000), default=10, help="Number of classes.")
 @click.option("--train-per-class", type=click.IntRange(1), default=40, help="Training images per class.")
 @click.option("--val-per-class", type=click.IntRange(1), default=10, help="Validation images per class.")
@@ -81,8 +82,11 @@ def main() -> None:
                    "a test split with its ground truth, patch_images.tar, gzip-compressed members.")
 @click.option("--test-per-class", type=click.IntRange(1), default=None,
               help="Test images per class (--year 2010) [default: --val-per-class].")
+@click.option("--words/--no-words", default=True,
+              help="--layout fall: write ImageNet's words.txt beside the tar (else classes are named "
+                   "by wnid).")
 def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_class: int, seed: int,
-           year: str, test_per_class: int | None) -> None:
+           year: str, test_per_class: int | None, words: bool) -> None:
     """Write a small synthetic dataset in the exact shape of a real ILSVRC copy.
 
     Class-dependent shapes, colours and textures (learnable), ImageNet-like sizes and aspect ratios,
@@ -95,17 +99,23 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
         _fail("--year 2010 is only available with --layout raw")
     if test_per_class is not None and year != "2010":
         _fail("--test-per-class: only ILSVRC-2010 published test labels (--year 2010)")
+    if not words and layout != "fall":
+        _fail("--no-words: only the fall layout has a words.txt (--layout fall)")
     try:
         summary = make_sample(out, layout=layout, classes=classes, train_per_class=train_per_class,
                               val_per_class=val_per_class, seed=seed, year=int(year),
-                              test_per_class=test_per_class)
+                              test_per_class=test_per_class, words=words)
     except ValueError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"--out {out}: cannot write the sample ({_os_error(e)})")
+    rest = f" + {summary['val']} val images"
+    if "test" in summary:
+        rest += f" + {summary['test']} test images"
+    if layout == "fall":
+        rest = " images (no val: a Fall release has none)"
     click.echo(f"{out}: {summary['layout']} sample, {summary['classes']} classes, "
-               f"{summary['train']} train + {summary['val']} val images"
-               + (f" + {summary['test']} test images" if "test" in summary else ""))
+               f"{summary['train']} train{rest}")
 
 
 @main.command()
@@ -128,9 +138,18 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
 @click.option("--num-nodes", type=int, default=1, help="Machines sharing the work (see --node-rank).")
 @click.option("--node-rank", type=int, default=0,
               help="This machine's share: shards i with i % num-nodes == node-rank; then merge-manifest.")
+@click.option("--holdout-per-class", type=int, default=None,
+              help="Sources with train only (Fall releases): hold out N images of each class as the val "
+                   "split (at most all but one of a class).")
+@click.option("--holdout-fraction", type=float, default=None,
+              help="As --holdout-per-class, a fraction of each class instead (0.5: Fall 2009's half "
+                   "for training, half for testing).")
+@click.option("--holdout-seed", type=SEED, default=0,
+              help="Seed of the held-out choice, a pure function of (seed, wnid, image name).")
 def shard(src: str, out: str, splits: str | None, shard_size: int | None, quality: int | None, seed: int,
           workers: int, strict: bool, limit_classes: int | None, per_class: int | None, overwrite: bool,
-          num_nodes: int, node_rank: int) -> None:
+          num_nodes: int, node_rank: int, holdout_per_class: int | None, holdout_fraction: float | None,
+          holdout_seed: int) -> None:
     """Resize every image (shorter side 256, centre 256x256 crop) into WebDataset tar shards.
 
     Rerunning the same command after an interruption finishes only what is missing; the shards are
@@ -149,7 +168,8 @@ def shard(src: str, out: str, splits: str | None, shard_size: int | None, qualit
         shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size,
         quality=DEFAULT_QUALITY if quality is None else quality, seed=seed, workers=workers, strict=strict,
         limit_classes=limit_classes, per_class=per_class, overwrite=overwrite, num_nodes=num_nodes,
-        node_rank=node_rank)
+        node_rank=node_rank, holdout_per_class=holdout_per_class, holdout_fraction=holdout_fraction,
+        holdout_seed=holdout_seed)
     try:
         m = run(settings, log=click.echo)
     except (LayoutError, ShardError, RunLockedError) as e:

@@ -11,8 +11,12 @@ beat a partial extraction lying beside them):
   tars hold as blank "not available" pictures.
 - ``kaggle``: ``ILSVRC/Data/CLS-LOC/{train/<wnid>,val}/`` with ``LOC_synset_mapping.txt`` and
   ``LOC_val_solution.csv``.
+- ``fall``: an ImageNet Fall release (``fall11_whole.tar``: 21,841 synsets, no devkit, no val), a
+  tar of per-synset tars (``n00004475.tar`` ...), recognised by that name or by its shape (any
+  ``*.tar`` whose first file member is ``nXXXXXXXX.tar``), with an optional ``words.txt``.
 - ``folders``: ``train/<wnid>/`` and ``val/<wnid>/``, or a flat ``val/`` labelled by a devkit
-  (its tar.gz or an extracted devkit folder) beside it.
+  (its tar.gz or an extracted devkit folder) beside it; or ``train/<wnid>/`` alone (a Fall
+  release extracted), named by a ``words.txt`` beside it if there is one.
 
 Tars are read in place: one header scan per tar yields (offset, size) of every member, and
 `read_bytes` later fetches exactly those bytes, so a 140 GB download is never extracted.
@@ -24,7 +28,9 @@ ILSVRC2012_ID; the devkit IDs only serve to turn the validation ground truth int
 from __future__ import annotations
 
 import csv
+import gzip
 import io
+import itertools
 import posixpath
 import re
 import tarfile
@@ -43,6 +49,9 @@ GROUND_TRUTH_RE = re.compile(r"data/ILSVRC\d{4}_(validation|test)_ground_truth\.
 PATCHES = "patch_images.tar"
 # patch_images/<split>/NAME.JPEG; the leading folder is optional so a repacked tar still reads.
 PATCH_RE = re.compile(r"(?:^|/)(train|val|test)/([^/]+)$")
+WORDS = "words.txt"  # ImageNet's synset list, `wnid<TAB>words` a line, beside a Fall tar or train/
+# The Fall 2011 release's file name; other releases of that shape are recognised by their shape.
+FALL_NAMES = ("fall11_whole.tar",)
 
 
 class LayoutError(ValueError):
@@ -225,6 +234,40 @@ def label_flat(names: list[str], truth: list[str], gt_name: str, year: int, spli
 def label_flat_val(names: list[str], devkit: Devkit, where: str) -> list[str]:
     """wnid of each flat val file `ILSVRC20XX_val_%08d.*`: line %d of the devkit's ground truth."""
     return label_flat(names, devkit.val_wnids, devkit.gt_name, devkit.year, "val", where)
+
+
+# --- words.txt --------------------------------------------------------------------------------
+
+
+def parse_words(data: bytes, where: str) -> dict[str, str]:
+    """{wnid: words} of ImageNet's `words.txt` (`wnid<TAB>words` a line; blank lines allowed).
+
+    The published file lists every WordNet noun synset (82k), not only the classes of a release,
+    so it only names classes: which classes exist is read from the images.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LayoutError(f"{where}: not UTF-8 text ({e})") from None
+    words: dict[str, str] = {}
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        wnid, tab, w = line.partition("\t")
+        if not tab or not WNID_RE.fullmatch(wnid) or not w.strip():
+            raise LayoutError(f"{where}: line {line_no} is {line[:80]!r}, not 'nXXXXXXXX<TAB>words'")
+        if wnid in words:
+            raise LayoutError(f"{where}: line {line_no} lists {wnid} a second time")
+        words[wnid] = w.strip()
+    return words
+
+
+def read_words(fs: Any, folder: str, src: str) -> dict[str, str] | None:
+    """`folder/words.txt` parsed, or None if there is none; `src` (the folder's URL) names it in errors."""
+    path = posixpath.join(folder, WORDS)
+    if not fs.isfile(path):
+        return None
+    return parse_words(fs.cat_file(path), urls.join(src, WORDS))
 
 
 # --- tars read in place -----------------------------------------------------------------------
@@ -533,6 +576,9 @@ class FoldersLayout(Layout):
             raise LayoutError(
                 f"{self.src}/{split}: no class folders (nXXXXXXXX/) and no devkit naming the classes"
             )
+        words = read_words(self.fs, self.root, self.src)
+        if words is not None:  # a Fall release extracted: train/<wnid>/ and words.txt beside it
+            return sorted_classes({w: words.get(w, w) for w in wnids})
         return sorted_classes(dict.fromkeys(wnids, ""))
 
     def _samples(self, split: str) -> list[SourceRef]:
@@ -617,6 +663,106 @@ class KaggleLayout(Layout):
         return refs
 
 
+class FallLayout(Layout):
+    """An ImageNet Fall release as published: one tar of per-synset tars, read in place.
+
+    No devkit and no val split: the classes are the synset tars (sorted wnid order), named by
+    words.txt beside the tar (else by the wnid), and a held-out split is carved by
+    `tools.holdout`, not read. The published fall11_whole.tar is ~1.3 TB: like the raw train tar,
+    only member headers are read here, the image bytes later by offset.
+    """
+
+    name = "fall"
+
+    def __init__(self, src: str, fs: Any, root: str, tar: str):
+        super().__init__(src, fs, root)
+        self.tar = tar
+        self._members: list[tuple[str, str, int, int]] | None = None
+
+    def splits(self) -> list[str]:
+        return ["train"]
+
+    def members(self) -> list[tuple[str, str, int, int]]:
+        """(wnid, member, data offset, size) of each per-synset tar, by wnid; outer headers only."""
+        if self._members is None:
+            path = posixpath.join(self.root, self.tar)
+            with self.fs.open(path, "rb") as f:
+                outer = scan_tar(f, 0, self.fs.size(path), self.tar)
+            found: dict[str, tuple[str, str, int, int]] = {}
+            for member, off, size in outer:
+                base = posixpath.basename(member)
+                wnid = base[: -len(".tar")] if base.endswith(".tar") else ""
+                if not WNID_RE.fullmatch(wnid):
+                    # Refused, not skipped: a release of this shape holds synset tars only, so
+                    # anything else means the tar is not the release it looks like.
+                    raise LayoutError(f"{self.tar}/{member}: not a per-synset tar (nXXXXXXXX.tar)")
+                if wnid in found:
+                    first = found[wnid][1]
+                    raise LayoutError(f"{self.tar}/{member}: a second tar of {wnid} (first: {first})")
+                found[wnid] = (wnid, member, off, size)
+            if not found:
+                raise LayoutError(f"{self.tar}: holds no per-synset tars (nXXXXXXXX.tar)")
+            self._members = [found[w] for w in sorted(found)]
+        return list(self._members)
+
+    def _read_classes(self) -> list[ClassInfo]:
+        words = read_words(self.fs, self.root, self.src) or {}
+        return sorted_classes({w: words.get(w, w) for w, _, _, _ in self.members()})
+
+    def _samples(self, split: str) -> list[SourceRef]:
+        path = posixpath.join(self.root, self.tar)
+        url = self.url(path)
+        refs = []
+        with self.fs.open(path, "rb") as f:
+            for wnid, inner, start, length in self.members():
+                where = f"{self.tar}/{inner}"
+                images = [(m, off, size) for m, off, size in scan_tar(f, start, length, where) if is_image(m)]
+                if not images:
+                    raise LayoutError(f"{where}: holds no images (an empty synset tar: incomplete copy?)")
+                refs += [SourceRef(stem(m), wnid, url, off, size, f"{where}/{m}") for m, off, size in images]
+        return refs
+
+
+def _first_file(fs: Any, path: str, compressed: bool) -> str | None:
+    """Name of the first file member of the tar at `path`, or None if it is not a readable tar.
+
+    Stream mode reads only the first headers (a gzip tar decompresses a few kB), never the body.
+    """
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|gz" if compressed else "r|") as tar:
+            for m in itertools.islice(tar, 8):  # a few directory entries may come first
+                if m.isfile():
+                    return m.name
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile):
+        return None
+    return None
+
+
+def _fall_tar(src: str, fs: Any, root: str, names: dict[str, str]) -> str | None:
+    """The Fall release's tar in `root`: `fall11_whole.tar`, else the one `*.tar` shaped like it."""
+    for name in FALL_NAMES:
+        if names.get(name) == "file":
+            return name
+    shaped, compressed = [], []
+    for name, kind in sorted(names.items()):
+        if kind != "file" or name.startswith("."):
+            continue
+        gz = name.endswith((".tar.gz", ".tgz"))
+        if not (gz or name.endswith(".tar")):
+            continue
+        first = _first_file(fs, posixpath.join(root, name), gz)
+        if first is not None and WNID_RE.fullmatch(stem(first)) and first.endswith(".tar"):
+            (compressed if gz else shaped).append(name)
+    if len(shaped) > 1:
+        raise LayoutError(f"{src}: several tars of per-synset tars ({', '.join(shaped)}); keep one")
+    if not shaped and compressed:
+        # gzip has no random access: reading members by offset would decompress from the start
+        # every time, so a compressed release (winter21_whole.tar.gz) must be decompressed once.
+        raise LayoutError(f"{src}/{compressed[0]}: a gzip-compressed tar of per-synset tars cannot be "
+                          "read in place; decompress it beside itself first (gunzip -k)")
+    return shaped[0] if shaped else None
+
+
 RAW_YEARS = {
     2012: ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"),
     2010: ("ILSVRC2010_images_train.tar", "ILSVRC2010_images_val.tar", "ILSVRC2010_devkit-1.0.tar.gz"),
@@ -630,7 +776,7 @@ def _looked_for() -> str:
     raw = "; ".join(f"raw-{y} ({t} and/or {v}, with {d})" for y, (t, v, d) in RAW_YEARS.items())
     return (
         f"{raw}; kaggle ({KaggleLayout.data}/ with {KaggleLayout.mapping}); "
-        "folders (train/<wnid>/ and/or val/)"
+        f"fall ({FALL_NAMES[0]} or another tar of per-synset tars); folders (train/<wnid>/ and/or val/)"
     )
 
 
@@ -655,6 +801,9 @@ def detect(src: str) -> Layout:
                 f"{src}: found {KaggleLayout.data}/ but not {KaggleLayout.mapping} (it names the classes)"
             )
         layout = KaggleLayout(src, fs, root)
+    if layout is None:
+        fall = _fall_tar(src, fs, root, names)
+        layout = None if fall is None else FallLayout(src, fs, root, fall)
     if layout is None and (names.get("train") == "directory" or names.get("val") == "directory"):
         layout = FoldersLayout(src, fs, root)
     if layout is None:

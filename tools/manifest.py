@@ -75,7 +75,17 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
                                  key=lambda s: s["key"])
     options = dict(merged["options"], num_nodes=1, node_rank=0)
     merged["options"] = options
+    _merge_holdout(parts, merged)
     return merged
+
+
+def _merge_holdout(parts: list[dict[str, Any]], merged: dict[str, Any]) -> None:
+    """Every node lists the whole source and carves the same held-out split: keep its one record."""
+    records = [p.get("holdout") for p in parts]
+    if any(r != records[0] for r in records[1:]):
+        raise ManifestError("node manifests record different held-out splits (holdout)")
+    if records[0] is not None:
+        merged["holdout"] = records[0]
 
 
 def load(shards: str) -> dict[str, Any]:

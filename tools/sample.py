@@ -13,6 +13,11 @@ members under a val/ or test/ folder), the devkit, ILSVRC2010_test_ground_truth.
 tars, patch_images.tar with corrected versions of images the main tars hold as a blank "not
 available" picture, and gzip-compressed members under .JPEG names (see QUIRKS_2010).
 
+`layout="fall"` gives an ImageNet Fall release as published (fall11_whole.tar: a tar of
+per-synset tars, no devkit, no val split) and, unless `words=False`, ImageNet's words.txt beside it
+(listing a few synsets more than the tar holds, as the real one lists all of WordNet's nouns).
+Class sizes vary, as the real release's do, between half and all of `train_per_class`.
+
 Same parameters -> byte-identical files: every image has its own RNG keyed by (seed, split,
 class, index), tars get a constant mtime and sorted members, and the devkit's gzip and MATLAB
 headers carry no timestamp.
@@ -45,9 +50,9 @@ import scipy.io
 from PIL import Image, ImageChops, ImageDraw
 
 from tools import atomic, urls
-from tools.layouts import PATCHES, RAW_TEST, RAW_YEARS
+from tools.layouts import FALL_NAMES, PATCHES, RAW_TEST, RAW_YEARS, WORDS
 
-LAYOUTS = ("raw", "folders", "kaggle")
+LAYOUTS = ("raw", "folders", "kaggle", "fall")
 MARKER = ".sample.json"
 TAR_MTIME = 1335830400  # 2012-05-01, roughly when ILSVRC2012 was released; any constant would do
 SHAPES = ("ellipse", "square", "triangle", "diamond", "hexagon", "star", "cross", "ring")
@@ -135,11 +140,13 @@ def make_sample(
     seed: int = 0,
     year: int = 2012,
     test_per_class: int | None = None,
+    words: bool = True,
 ) -> dict[str, Any]:
     """Write a synthetic ILSVRC copy to `out` (any fsspec URL); return its summary.
 
     layout: "raw" (tars + devkit, as downloaded), "folders" (train/<wnid>/, val/<wnid>/ and the
-    devkit tar.gz) or "kaggle" (ILSVRC/Data/CLS-LOC/ + LOC_*.csv/txt); year 2010 only with "raw",
+    devkit tar.gz), "kaggle" (ILSVRC/Data/CLS-LOC/ + LOC_*.csv/txt) or "fall" (fall11_whole.tar,
+    train images only, words.txt unless `words` is False); year 2010 only with "raw",
     and with a test split (`test_per_class` images a class, default `val_per_class`).
     The summary holds the parameters, the image counts, the sorted wnids and, under "quirks",
     each planted file's kind, split, key, wnid and path (as `tools.layouts.SourceRef.path` spells
@@ -157,6 +164,10 @@ def make_sample(
         params["test_per_class"] = val_per_class if test_per_class is None else test_per_class
     elif test_per_class is not None:
         raise ValueError(f"sample: test images exist only for year 2010, not {year}")
+    if layout == "fall":  # only there, so the markers of the other layouts' samples still match
+        params["words"] = words
+    elif not words:
+        raise ValueError("sample: words=False (no words.txt) applies only to the fall layout")
     _check(params)
     fs, root = urls.filesystem(out)
     root = root.rstrip("/")
@@ -168,7 +179,10 @@ def make_sample(
     cls = _classes(classes, seed)
     train, val = _plan(cls, train_per_class, val_per_class, seed, year)
     test = _plan_2010(cls, train, val, params.get("test_per_class", 0), seed) if year == 2010 else []
-    if year == 2010:
+    if layout == "fall":
+        train, val = _vary_class_sizes(cls, train, seed), []
+        paths = _write_fall(fs, root, cls, train, seed, words)
+    elif year == 2010:
         paths = _write_raw_2010(fs, root, cls, train, val, test, seed)
     else:
         write = {"raw": _write_raw, "folders": _write_folders, "kaggle": _write_kaggle}[layout]
@@ -182,6 +196,8 @@ def make_sample(
         "val": len(val),
         **({"test": len(test)} if year == 2010 else {}),
         "wnids": [c.wnid for c in cls],
+        **({"per_class": {c.wnid: sum(im.cls.wnid == c.wnid for im in train) for c in cls}}
+           if layout == "fall" else {}),
         "quirks": [
             {"kind": im.quirk, "split": im.split, "key": im.key, "wnid": im.cls.wnid, "path": paths[im.key],
              **({"replaces": paths[f"{im.key}:original"]} if im.quirk == "patched" else {})}
@@ -575,6 +591,36 @@ def _write_raw_2010(fs: Any, root: str, cls: list[_Class], train: list[_Image], 
     ids = _meta_mat(cls, len(train) // len(cls), seed, 2010)[1]
     atomic.write_bytes(f"{root}/{truth}", "".join(f"{ids[im.cls.wnid]}\n" for im in test).encode(), fs)
     return paths
+
+
+def _vary_class_sizes(cls: list[_Class], train: list[_Image], seed: int) -> list[_Image]:
+    """`train` less 0..n/2 images of each class (never a planted quirk): unequal class sizes, so
+    a held-out split's per-class counts and rounding are exercised."""
+    kept = []
+    for c in cls:
+        ims = [im for im in train if im.cls.wnid == c.wnid]
+        drop = int(np.random.default_rng([seed, 8, c.index]).integers(0, len(ims) // 2 + 1))
+        plain = [im.key for im in ims if not im.quirk]
+        gone = set(plain[max(0, len(plain) - drop):]) if drop else set()
+        kept += [im for im in ims if im.key not in gone]
+    return kept
+
+
+def _write_fall(fs: Any, root: str, cls: list[_Class], train: list[_Image], seed: int,
+                words: bool) -> dict[str, str]:
+    """fall11_whole.tar (a tar of per-synset tars, as `_write_raw`'s train tar) and words.txt."""
+    name = FALL_NAMES[0]
+    with atomic.atomic_write(f"{root}/{name}", fs) as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as outer:
+            for wnid, group in itertools.groupby(_rendered(train), key=lambda r: r[0].cls.wnid):
+                _add(outer, f"{wnid}.tar", _tar_bytes([(f"{im.key}.JPEG", data) for im, data, _ in group]))
+    if words:
+        # Synsets the tar lacks, below the classes' id range, as the real list names all of WordNet.
+        extra = np.random.default_rng([seed, 9]).choice(440_000, size=3, replace=False) + 1_000_000
+        entries = {c.wnid: c.words for c in cls} | {f"n{int(i):08d}": "entity, abstraction" for i in extra}
+        text = "".join(f"{w}\t{entries[w]}\n" for w in sorted(entries))
+        atomic.write_bytes(f"{root}/{WORDS}", text.encode(), fs)
+    return {im.key: f"{name}/{im.cls.wnid}.tar/{im.key}.JPEG" for im in train}
 
 
 def _write_loose(fs: Any, root: str, paths: dict[str, str], ims: list[_Image]) -> dict[str, tuple[int, ...]]:
