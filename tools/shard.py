@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tools import atomic, manifest, urls
+from tools import atomic, cards, manifest, urls
 from tools.layouts import SPLITS, Layout, SourceRef, detect
 from tools.lock import RunLock
 from tools.resize import DEFAULT_QUALITY
@@ -264,5 +264,7 @@ def _shard_locked(settings: ShardSettings, layout: Layout, workers: int,
     with tqdm(total=sum(len(p.refs) for p in todo), unit="img", desc="shard", smoothing=0.1) as bar:
         records = list(done.values()) + _run_jobs(jobs, workers, bar)
     result = manifest.build(settings.options(), classes, {s: len(plans[s]) for s in settings.splits}, records)
+    if settings.num_nodes == 1:  # a node's manifest covers its shards only: merge-manifest writes these
+        cards.write(settings.out, result, log)  # before the manifest, which stays the completion mark
     atomic.write_json(urls.join(settings.out, name), result)
     return result
