@@ -1,5 +1,5 @@
-"""What other libraries read to open a shard folder as it is: a Hugging Face dataset card
-(`README.md`) and timm's `_info.json`, both made from `manifest.json` (format in shards/README.md).
+"""What other libraries read to open a shard folder as it is: the Hugging Face dataset card's YAML
+(`.huggingface.yaml`) and timm's `_info.json`, both made from `manifest.json` (shards/README.md).
 
     alexnet-prep shard --src ILSVRC2012 --out shards/   # writes both before manifest.json
     alexnet-prep index --shards shards/                 # rewrites both from manifest.json
@@ -14,17 +14,19 @@ Both are pure functions of the manifest, so `verify` rebuilds them and compares 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import fsspec
 
 from tools import atomic, urls
+from tools.manifest import MANIFEST
 
-CARD = "README.md"
+# The dataset card's YAML header as a standalone file: datasets merges it over README.md's header,
+# locally and on the Hub (load.py, REPOYAML_FILENAME; huggingface/datasets#6557). Not README.md
+# itself: the default --out, shards/, holds this project's format README, and a user's own README
+# is theirs. A hidden name, so datasets' default file patterns skip it (data_files.resolve_pattern).
+CARD = ".huggingface.yaml"
 TIMM_INFO = "_info.json"
-# Marks the card as ours: a README.md without it is the user's and is never overwritten.
-CARD_MARK = "<!-- alexnet-prep dataset card: rewritten from manifest.json by `alexnet-prep index` -->"
 # The manifest's split names as Hugging Face names them: `datasets` maps files named `val-*` to
 # "validation" too (data_files.SPLIT_KEYWORDS), and timm's train.py defaults to --val-split validation.
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -46,11 +48,12 @@ def _q(s: str) -> str:
 
 
 def dataset_card(m: dict[str, Any]) -> str:
-    """README.md for `datasets`: one `data_files` pattern per split, `cls` a ClassLabel of wnids in
-    label order, and each split's sample count (which `datasets` checks after reading)."""
+    """The card's YAML for `datasets`: one `data_files` pattern per split, `cls` a ClassLabel of
+    wnids in label order, and each split's sample count (which `datasets` checks after reading)."""
     classes = sorted(m["classes"], key=lambda c: c["index"])
     splits = [(HF_SPLITS[s], s, body) for s, body in m["splits"].items()]
-    y = ["---", "configs:", "- config_name: default", "  data_files:"]
+    y = [f"# Made by alexnet-prep from {MANIFEST}; rewritten by `alexnet-prep index`, checked by verify.",
+         "configs:", "- config_name: default", "  data_files:"]
     for hf, split, _ in splits:
         y += [f"  - split: {hf}", f"    path: {_q(f'{split}-*.tar')}"]
     y += ["dataset_info:", "  config_name: default", "  features:",
@@ -66,26 +69,7 @@ def dataset_card(m: dict[str, Any]) -> str:
         # split entry without num_bytes (splits.SplitDict._from_yaml_list): the shards' bytes stand in.
         size = sum(s["bytes"] for s in body["shards"])
         y += [f"  - name: {hf}", f"    num_bytes: {size}", f"    num_examples: {body['samples']}"]
-    y.append("---")
-    counts = ", ".join(f"{hf} {body['samples']}" for hf, _, body in splits)
-    body = f"""
-{CARD_MARK}
-
-# ILSVRC shards made by alexnet-prep
-
-{len(classes)} classes; samples: {counts}. Each sample is `KEY.jpg` (256x256), `KEY.cls` (the class
-index in sorted wnid order, here a `ClassLabel` named by wnid), `KEY.lbl` (the same as int32) and
-`KEY.json` (wnid, label, source path, original size). `manifest.json` says how they were made.
-
-```python
-from datasets import load_dataset
-ds = load_dataset("path/to/this/folder")  # train, validation{", test" if "test" in m["splits"] else ""}
-ds["train"].features["cls"].int2str(0)    # the wnid of class 0
-```
-
-timm reads `_info.json`: `timm.data.create_dataset("wds/ilsvrc", root="path/to/this/folder", split="train")`.
-"""
-    return "\n".join(y) + "\n" + body
+    return "\n".join(y) + "\n"
 
 
 def timm_info(m: dict[str, Any]) -> dict[str, Any]:
@@ -114,23 +98,11 @@ def _read(url: str) -> bytes | None:
         return f.read()
 
 
-def _users_card(data: bytes | None) -> bool:
-    return data is not None and CARD_MARK.encode() not in data
-
-
-def write(shards: str, m: dict[str, Any], log: Callable[[str], None] = print) -> list[str]:
-    """Write README.md (unless the user's own is there) and _info.json, each atomically; returns
-    the names written."""
-    written = []
-    card_url = urls.join(shards, CARD)
-    if _users_card(_read(card_url)):
-        log(f"{card_url}: not written by alexnet-prep, left as it is (datasets reads its YAML header; "
-            f"delete it and run alexnet-prep index to get ours)")
-    else:
-        atomic.write_bytes(card_url, dataset_card(m).encode())
-        written.append(CARD)
+def write(shards: str, m: dict[str, Any]) -> list[str]:
+    """Write .huggingface.yaml and _info.json, each atomically; returns their names."""
+    atomic.write_bytes(urls.join(shards, CARD), dataset_card(m).encode())
     atomic.write_bytes(urls.join(shards, TIMM_INFO), _info_bytes(m))
-    return written + [TIMM_INFO]
+    return [CARD, TIMM_INFO]
 
 
 def check(shards: str, m: dict[str, Any]) -> list[str]:
@@ -140,11 +112,11 @@ def check(shards: str, m: dict[str, Any]) -> list[str]:
     card = _read(urls.join(shards, CARD))
     if card is None:
         problems.append(f"{CARD}: missing {fix}")
-    elif not _users_card(card) and card.decode("utf-8", "replace") != dataset_card(m):
-        problems.append(f"{CARD}: dataset card differs from manifest.json (stale) {fix}")
+    elif card != dataset_card(m).encode():
+        problems.append(f"{CARD}: dataset card differs from {MANIFEST} (stale) {fix}")
     info = _read(urls.join(shards, TIMM_INFO))
     if info is None:
         problems.append(f"{TIMM_INFO}: missing {fix}")
     elif info != _info_bytes(m):
-        problems.append(f"{TIMM_INFO}: differs from manifest.json (stale) {fix}")
+        problems.append(f"{TIMM_INFO}: differs from {MANIFEST} (stale) {fix}")
     return problems

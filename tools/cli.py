@@ -169,7 +169,7 @@ def shard(src: str, out: str, splits: str | None, shard_size: int | None, qualit
 @click.option("--shards", default="shards", help="The shard folder all nodes wrote into.")
 def merge_manifest(shards: str) -> None:
     """Join the manifest.node-R-of-K.json files of a multi-node run into manifest.json (and the
-    README.md dataset card and _info.json made from it)."""
+    .huggingface.yaml dataset card and _info.json made from it)."""
     from tools import atomic, cards, manifest, urls
 
     shards = shards.rstrip("/")
@@ -187,7 +187,7 @@ def merge_manifest(shards: str) -> None:
         merged = manifest.merge(parts)
     except manifest.ManifestError as e:
         _fail(f"{shards}: {e}")
-    cards.write(shards, merged, log=click.echo)
+    cards.write(shards, merged)
     atomic.write_json(urls.join(shards, manifest.MANIFEST), merged)
     click.echo(f"{shards}/manifest.json: " + ", ".join(
         f"{s} {b['samples']} samples in {len(b['shards'])} shards" for s, b in merged["splits"].items()))
@@ -197,7 +197,7 @@ def merge_manifest(shards: str) -> None:
 @click.option("--shards", default="shards", help="Folder or fsspec URL holding *.tar shards.")
 def index(shards: str) -> None:
     """Write the DALI index (.idx, wds2idx format) beside every tar in --shards, and, from its
-    manifest.json, the README.md dataset card (Hugging Face datasets) and _info.json (timm)."""
+    manifest.json, the .huggingface.yaml dataset card (Hugging Face datasets) and _info.json (timm)."""
     from tqdm import tqdm
 
     from tools import cards, manifest, urls
@@ -222,7 +222,7 @@ def index(shards: str) -> None:
         click.echo(f"{shards}: no {manifest.MANIFEST}, so no {cards.CARD} or {cards.TIMM_INFO} written")
         return
     try:
-        written = cards.write(shards, manifest.load(shards), log=click.echo)
+        written = cards.write(shards, manifest.load(shards))
     except manifest.ManifestError as e:
         _fail(str(e))
     click.echo(f"{shards}: wrote {' and '.join(written)} from {manifest.MANIFEST}")

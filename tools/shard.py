@@ -265,6 +265,6 @@ def _shard_locked(settings: ShardSettings, layout: Layout, workers: int,
         records = list(done.values()) + _run_jobs(jobs, workers, bar)
     result = manifest.build(settings.options(), classes, {s: len(plans[s]) for s in settings.splits}, records)
     if settings.num_nodes == 1:  # a node's manifest covers its shards only: merge-manifest writes these
-        cards.write(settings.out, result, log)  # before the manifest, which stays the completion mark
+        cards.write(settings.out, result)  # before the manifest, which stays the completion mark
     atomic.write_json(urls.join(settings.out, name), result)
     return result

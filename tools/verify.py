@@ -4,7 +4,7 @@ Checked per shard: size and sha256 against the manifest, the tar reads to its en
 count, every sample has jpg + cls + lbl + json with consistent labels in range, every JPEG decodes
 completely to 256x256x3, and the DALI index equals the one the tar implies. Across shards: no key
 twice, no tar the manifest does not list, pca.json made from these very train shards, and the
-README.md dataset card and timm's _info.json are the ones this manifest makes (tools/cards.py).
+.huggingface.yaml dataset card and timm's _info.json are the ones this manifest makes (tools/cards.py).
 """
 
 from __future__ import annotations
