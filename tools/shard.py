@@ -171,7 +171,7 @@ def _prepare_out(settings: ShardSettings, owned: set[str] | None) -> None:
         for p in fs.ls(root, detail=False):
             name = p.rsplit("/", 1)[-1]
             if name.endswith((".tar", ".idx", ".sum.npy")) or name.startswith("manifest") or name in (
-                    "pca.json", "mean.npy"):
+                    "pca.json", "mean.npy", cards.CARD, cards.TIMM_INFO):
                 fs.rm(p)
         fs.rm(posixpath.join(root, STATE_DIR), recursive=True)
         fs.makedirs(posixpath.join(root, STATE_DIR), exist_ok=True)
