@@ -27,8 +27,9 @@ from tools.manifest import MANIFEST
 # is theirs. A hidden name, so datasets' default file patterns skip it (data_files.resolve_pattern).
 CARD = ".huggingface.yaml"
 TIMM_INFO = "_info.json"
-# The manifest's split names as Hugging Face names them: `datasets` maps files named `val-*` to
-# "validation" too (data_files.SPLIT_KEYWORDS), and timm's train.py defaults to --val-split validation.
+# The manifest's split names as Hugging Face names them (any other keeps its name): `datasets` maps
+# files named `val-*` to "validation" too (data_files.SPLIT_KEYWORDS), and timm's train.py defaults
+# to --val-split validation.
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 # The webdataset builder's columns for one sample (datasets/packaged_modules/webdataset): one per
@@ -51,7 +52,8 @@ def dataset_card(m: dict[str, Any]) -> str:
     """The card's YAML for `datasets`: one `data_files` pattern per split, `cls` a ClassLabel of
     wnids in label order, and each split's sample count (which `datasets` checks after reading)."""
     classes = sorted(m["classes"], key=lambda c: c["index"])
-    splits = [(HF_SPLITS[s], s, body) for s, body in m["splits"].items()]
+    # A split without shards is left out: datasets refuses a pattern that matches no file.
+    splits = [(HF_SPLITS.get(s, s), s, body) for s, body in m["splits"].items() if body["shards"]]
     y = [f"# Made by alexnet-prep from {MANIFEST}; rewritten by `alexnet-prep index`, checked by verify.",
          "configs:", "- config_name: default", "  data_files:"]
     for hf, split, _ in splits:
@@ -78,7 +80,7 @@ def timm_info(m: dict[str, Any]) -> dict[str, Any]:
     relative to the folder. Each split under its manifest name and its Hugging Face name."""
     splits: dict[str, Any] = {}
     for split, body in m["splits"].items():
-        for name in dict.fromkeys((split, HF_SPLITS[split])):
+        for name in dict.fromkeys((split, HF_SPLITS.get(split, split))):
             splits[name] = {"name": name, "num_samples": body["samples"],
                             "filenames": [s["name"] for s in body["shards"]],
                             "shard_lengths": [s["samples"] for s in body["shards"]]}

@@ -135,7 +135,8 @@ def shard(src: str, out: str, splits: str | None, shard_size: int | None, qualit
 
     Rerunning the same command after an interruption finishes only what is missing; the shards are
     byte-identical to an uninterrupted run. Undecodable images are skipped and listed in
-    manifest.json. Writes a DALI .idx beside each tar and manifest.json last.
+    manifest.json. Writes a DALI .idx beside each tar, the .huggingface.yaml dataset card and timm's
+    _info.json, and manifest.json last.
     """
     from tools.layouts import LayoutError
     from tools.lock import RunLockedError
