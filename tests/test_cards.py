@@ -18,8 +18,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tools import cards
+from tools import cards, manifest
 from tools.cli import main
+from tools.shard import ShardSettings, run
 from tools.verify import verify
 
 
@@ -120,3 +121,12 @@ def test_index_without_a_manifest_writes_only_the_index(shards):
     r = CliRunner().invoke(main, ["index", "--shards", str(shards)])
     assert r.exit_code == 0 and "no manifest.json" in r.output
     assert not (shards / cards.CARD).exists() and not (shards / cards.TIMM_INFO).exists()
+
+
+def test_the_card_does_not_depend_on_the_split_order_asked(sample2010_src, sample2010_shards, tmp_path):
+    # `shard` builds the card from its manifest in --split order; verify from manifest.json, sorted.
+    out = tmp_path / "reordered"
+    run(ShardSettings(src=str(sample2010_src), out=str(out), shard_size=8, workers=1,
+                      splits=("test", "val", "train")), log=lambda _: None)
+    assert cards.check(str(out), manifest.load(str(out))) == []
+    assert (out / cards.CARD).read_bytes() == (sample2010_shards / cards.CARD).read_bytes()

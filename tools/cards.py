@@ -52,8 +52,10 @@ def dataset_card(m: dict[str, Any]) -> str:
     """The card's YAML for `datasets`: one `data_files` pattern per split, `cls` a ClassLabel of
     wnids in label order, and each split's sample count (which `datasets` checks after reading)."""
     classes = sorted(m["classes"], key=lambda c: c["index"])
-    # A split without shards is left out: datasets refuses a pattern that matches no file.
-    splits = [(HF_SPLITS.get(s, s), s, body) for s, body in m["splits"].items() if body["shards"]]
+    # A split without shards is left out: datasets refuses a pattern that matches no file. The order
+    # is fixed, not the manifest's: `shard` holds its splits in --split order, manifest.json sorted.
+    order = sorted(m["splits"], key=lambda s: (list(HF_SPLITS).index(s) if s in HF_SPLITS else 3, s))
+    splits = [(HF_SPLITS.get(s, s), s, m["splits"][s]) for s in order if m["splits"][s]["shards"]]
     y = [f"# Made by alexnet-prep from {MANIFEST}; rewritten by `alexnet-prep index`, checked by verify.",
          "configs:", "- config_name: default", "  data_files:"]
     for hf, split, _ in splits:
