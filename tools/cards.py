@@ -39,10 +39,6 @@ _JSON_FIELDS = (("height", "int64"), ("label", "int64"), ("source", "string"), (
                 ("wnid", "string"))
 
 
-class CardError(ValueError):
-    """A card or info file that cannot be written or read; one line naming the file."""
-
-
 def _q(s: str) -> str:
     """A YAML double-quoted scalar: JSON's string syntax is valid YAML (no YAML library at prep time)."""
     return json.dumps(s)
@@ -54,7 +50,8 @@ def dataset_card(m: dict[str, Any]) -> str:
     classes = sorted(m["classes"], key=lambda c: c["index"])
     # A split without shards is left out: datasets refuses a pattern that matches no file. The order
     # is fixed, not the manifest's: `shard` holds its splits in --split order, manifest.json sorted.
-    order = sorted(m["splits"], key=lambda s: (list(HF_SPLITS).index(s) if s in HF_SPLITS else 3, s))
+    known = list(HF_SPLITS)
+    order = sorted(m["splits"], key=lambda s: (known.index(s) if s in known else len(known), s))
     splits = [(HF_SPLITS.get(s, s), s, m["splits"][s]) for s in order if m["splits"][s]["shards"]]
     y = [f"# Made by alexnet-prep from {MANIFEST}; rewritten by `alexnet-prep index`, checked by verify.",
          "configs:", "- config_name: default", "  data_files:"]
@@ -110,7 +107,7 @@ def write(shards: str, m: dict[str, Any]) -> list[str]:
 
 
 def check(shards: str, m: dict[str, Any]) -> list[str]:
-    """Problems with README.md and _info.json: missing, or not what this manifest makes."""
+    """Problems with .huggingface.yaml and _info.json: missing, or not what this manifest makes."""
     fix = f"(rewrite: alexnet-prep index --shards {shards})"
     problems = []
     card = _read(urls.join(shards, CARD))
