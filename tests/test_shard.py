@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tools import cards
 from tools.cli import main
 from tools.layouts import detect
 from tools.sample import make_sample
@@ -130,11 +131,15 @@ def test_nodes_write_disjoint_shards_that_merge_into_single_node_result(tmp_path
     owned = [json.loads((out / f"manifest.node-{r}-of-3.json").read_text()) for r in range(3)]
     names = [s["name"] for m in owned for body in m["splits"].values() for s in body["shards"]]
     assert len(names) == len(set(names)) == 4
+    # A node sees only its own shards: the card and _info.json wait for the merged manifest.
+    assert not (out / cards.CARD).exists() and not (out / cards.TIMM_INFO).exists()
     result = CliRunner().invoke(main, ["merge-manifest", "--shards", str(out)])
     assert result.exit_code == 0, result.output
     merged = json.loads((out / "manifest.json").read_text())
     single = json.loads((sample_shards / "manifest.json").read_text())
     assert merged["splits"] == single["splits"]
+    for name in (cards.CARD, cards.TIMM_INFO):
+        assert (out / name).read_bytes() == (sample_shards / name).read_bytes(), name
 
 
 def test_merge_refuses_when_a_node_is_missing(tmp_path, sample_src):

@@ -154,7 +154,8 @@ def shard(src: str, out: str, splits: str | None, shard_size: int | None, qualit
 
     Rerunning the same command after an interruption finishes only what is missing; the shards are
     byte-identical to an uninterrupted run. Undecodable images are skipped and listed in
-    manifest.json. Writes a DALI .idx beside each tar and manifest.json last.
+    manifest.json. Writes a DALI .idx beside each tar, the .huggingface.yaml dataset card and timm's
+    _info.json, and manifest.json last.
     """
     from tools.layouts import LayoutError
     from tools.lock import RunLockedError
@@ -188,8 +189,9 @@ def shard(src: str, out: str, splits: str | None, shard_size: int | None, qualit
 @main.command("merge-manifest")
 @click.option("--shards", default="shards", help="The shard folder all nodes wrote into.")
 def merge_manifest(shards: str) -> None:
-    """Join the manifest.node-R-of-K.json files of a multi-node run into manifest.json."""
-    from tools import atomic, manifest, urls
+    """Join the manifest.node-R-of-K.json files of a multi-node run into manifest.json (and the
+    .huggingface.yaml dataset card and _info.json made from it)."""
+    from tools import atomic, cards, manifest, urls
 
     shards = shards.rstrip("/")
     fs, root = urls.filesystem(shards)
@@ -206,6 +208,7 @@ def merge_manifest(shards: str) -> None:
         merged = manifest.merge(parts)
     except manifest.ManifestError as e:
         _fail(f"{shards}: {e}")
+    cards.write(shards, merged)
     atomic.write_json(urls.join(shards, manifest.MANIFEST), merged)
     click.echo(f"{shards}/manifest.json: " + ", ".join(
         f"{s} {b['samples']} samples in {len(b['shards'])} shards" for s, b in merged["splits"].items()))
@@ -214,10 +217,11 @@ def merge_manifest(shards: str) -> None:
 @main.command()
 @click.option("--shards", default="shards", help="Folder or fsspec URL holding *.tar shards.")
 def index(shards: str) -> None:
-    """Write the DALI index (.idx, wds2idx format) beside every tar in --shards."""
+    """Write the DALI index (.idx, wds2idx format) beside every tar in --shards, and, from its
+    manifest.json, the .huggingface.yaml dataset card (Hugging Face datasets) and _info.json (timm)."""
     from tqdm import tqdm
 
-    from tools import urls
+    from tools import cards, manifest, urls
     from tools.index import write_index
 
     shards = shards.rstrip("/")
@@ -235,6 +239,14 @@ def index(shards: str) -> None:
         except OSError as e:
             _fail(f"{shards}: cannot write the index of {name} ({_os_error(e)})")
     click.echo(f"{shards}: wrote {len(tars)} index files")
+    if not fs.exists(urls.filesystem(urls.join(shards, manifest.MANIFEST))[1]):
+        click.echo(f"{shards}: no {manifest.MANIFEST}, so no {cards.CARD} or {cards.TIMM_INFO} written")
+        return
+    try:
+        written = cards.write(shards, manifest.load(shards))
+    except manifest.ManifestError as e:
+        _fail(str(e))
+    click.echo(f"{shards}: wrote {' and '.join(written)} from {manifest.MANIFEST}")
 
 
 @main.command("pca-stats")

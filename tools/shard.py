@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tools import atomic, holdout, manifest, urls
+from tools import atomic, cards, holdout, manifest, urls
 from tools.layouts import SPLITS, Layout, SourceRef, detect
 from tools.lock import RunLock
 from tools.resize import DEFAULT_QUALITY
@@ -194,7 +194,7 @@ def _prepare_out(settings: ShardSettings, owned: set[str] | None) -> None:
         for p in fs.ls(root, detail=False):
             name = p.rsplit("/", 1)[-1]
             if name.endswith((".tar", ".idx", ".sum.npy")) or name.startswith("manifest") or name in (
-                    "pca.json", "mean.npy"):
+                    "pca.json", "mean.npy", cards.CARD, cards.TIMM_INFO):
                 fs.rm(p)
         fs.rm(posixpath.join(root, STATE_DIR), recursive=True)
         fs.makedirs(posixpath.join(root, STATE_DIR), exist_ok=True)
@@ -292,5 +292,7 @@ def _shard_locked(settings: ShardSettings, layout: Layout, workers: int,
     result = manifest.build(settings.options(), classes, {s: len(plans[s]) for s in settings.splits}, records)
     if isinstance(layout, holdout.HoldoutLayout):
         result["holdout"] = layout.record([c["wnid"] for c in classes])
+    if settings.num_nodes == 1:  # a node's manifest covers its shards only: merge-manifest writes these
+        cards.write(settings.out, result)  # before the manifest, which stays the completion mark
     atomic.write_json(urls.join(settings.out, name), result)
     return result
