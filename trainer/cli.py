@@ -1,5 +1,5 @@
-"""Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report`, `alexnet-bench`, `alexnet-ablations`
-and `alexnet-figures`.
+"""Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report`, `alexnet-bench`, `alexnet-ablations`,
+`alexnet-figures` and `alexnet-figure1`.
 
     alexnet-train --shards shards/ --out runs/paper
     alexnet-eval --checkpoint runs/paper --shards shards/ --ten-crop
@@ -38,7 +38,7 @@ from trainer.config import (
     ConfigError,
     TrainConfig,
 )
-from trainer.model import COLUMN_CHOICES, NORMS, POOLS
+from trainer.model import ACTIVATIONS, COLUMN_CHOICES, NORMS, POOLS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
@@ -115,6 +115,11 @@ def _warnings_to_stderr() -> None:
               help="§4.1 PCA lighting: alpha ~ N(0, 0.1) (paper01), cuda-convnet's variant, or off.")
 @click.option("--augment", type=click.Choice(AUGMENTS), default="full",
               help="§4.1: random crops, flips and lighting (full), or none: the centre crop only.")
+@click.option("--activation", type=click.Choice(tuple(ACTIVATIONS)), default="relu",
+              help="§3.1 / Figure 1: the non-linearity after every conv and hidden FC layer.")
+@click.option("--conv6/--no-conv6", default=False,
+              help="§6: a sixth conv layer over pool5 (the paper gives no shape; ours: 3x3, 128 maps per "
+                   "column on its own column, padding 1; README).")
 @click.option("--mean", type=click.Choice(MEAN_MODES), default=None,
               help="Input normalisation: image = §2's raw RGB minus the mean image (what paper init is sized "
                    "for); channel = (x - mean) / std per channel (what kaiming init assumes) "
@@ -310,6 +315,14 @@ def figures_main(run_dir: str, shards: str, images: int, max_train: int | None, 
     except FigureError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {png3} and {png4}")
+
+
+def figure1_main() -> None:
+    """`alexnet-figure1` (Figure 1, ReLU against tanh on CIFAR-10): its command lives in trainer/figure1.py,
+    imported only when it runs."""
+    from trainer.figure1 import command
+
+    command()
 
 
 @click.group(context_settings=CONTEXT)
