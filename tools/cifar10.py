@@ -62,7 +62,8 @@ def read_members(path: str | Path, names: Sequence[str]) -> dict[str, bytes]:
     except FileNotFoundError:
         raise CifarError(f"{path}: no such file") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise CifarError(f"{path}: truncated or not a tar archive ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())[:200]  # tarfile's "tried each method" message spans lines
+        raise CifarError(f"{path}: truncated or not a tar archive ({type(e).__name__}: {detail})") from None
     missing = [n for n in names if n not in found]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

@@ -317,12 +317,14 @@ def figures_main(run_dir: str, shards: str, images: int, max_train: int | None, 
     click.echo(f"wrote {png3} and {png4}")
 
 
-def figure1_main() -> None:
-    """`alexnet-figure1` (Figure 1, ReLU against tanh on CIFAR-10): its command lives in trainer/figure1.py,
-    imported only when it runs."""
+@click.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def figure1_main(args: tuple[str, ...]) -> None:
+    """`alexnet-figure1` (Figure 1, ReLU against tanh on CIFAR-10): every argument, --help and --version
+    too, goes to the command in trainer/figure1.py, imported only when it runs."""
     from trainer.figure1 import command
 
-    command()
+    command.main(list(args), prog_name="alexnet-figure1")
 
 
 @click.group(context_settings=CONTEXT)
