@@ -22,6 +22,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from tools import atomic
+
 SIDE = 32
 PLANE = SIDE * SIDE
 RECORD = 1 + 3 * PLANE  # 3073 bytes: label, then R, G, B planes
@@ -124,8 +126,10 @@ def sample(per_batch: int, seed: int = 0, noise: float = 60.0) -> dict[str, tupl
 
 
 def write_tarball(path: str | Path, batches: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """A .tar.gz laid out as the published one, with `batches` (member name -> images, labels)."""
-    with tarfile.open(path, "w:gz") as tar:
+    """A .tar.gz laid out as the published one, with `batches` (member name -> images, labels);
+    written atomically, its folder made if missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_write(str(path)) as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
         for name, (images, labels) in batches.items():
             data = encode_records(images, labels)
             info = tarfile.TarInfo(name)
