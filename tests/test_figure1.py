@@ -90,6 +90,9 @@ def test_epochs_to_target_and_the_choice_of_rate() -> None:
     assert figure1.best([never, slow]) is slow
     assert figure1.best([never, blown]) is never
     assert figure1.best([never, curve("relu", 0.002, [0.5, 0.4, 0.3, 0.28])]) is never  # lower final error
+    deeper = curve("relu", 0.3, [0.7, 0.01, 0.0, 0.0])  # as `late` in epochs and final error, lower at 2
+    late = curve("relu", 0.2, [0.7, 0.24, 0.0, 0.0])
+    assert figure1.best([late, deeper]) is deeper and figure1.best([deeper, late]) is deeper
     assert figure1.ratio(5, 30) == 6 and figure1.ratio(None, 30) is None and figure1.ratio(5, None) is None
 
 
@@ -182,7 +185,8 @@ def test_tiny_run_end_to_end(tmp_path: Path, tarball: Path, monkeypatch: pytest.
     for activation in ("relu", "tanh"):
         mine = [r for r in got["runs"] if r["activation"] == activation]
         assert sorted(r["lr"] for r in mine) == [0.003, 0.05]
-        fastest = min(mine, key=lambda r: (r["epochs_to_target"] or math.inf, r["train_error"][-1]))
+        fastest = min(mine, key=lambda r: (r["epochs_to_target"] or math.inf, r["train_error"][-1],
+                                           r["train_error"][(r["epochs_to_target"] or 1) - 1]))
         assert got[activation]["lr"] == fastest["lr"]
         assert got[activation]["train_error"] == fastest["train_error"]
         assert got[activation]["epochs_to_target"] == fastest["epochs_to_target"]

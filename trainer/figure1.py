@@ -11,12 +11,12 @@ No regularization of any kind was employed."
 
 So: the same net (`FourLayerNet`) with each activation, trained at every learning rate of `--lrs`
 from the same initial weights on the same batches; each activation's best rate is the one that
-reaches 25% training error in the fewest epochs (ties: the lower final training error; a run whose
-loss diverged is never best). No weight decay, no dropout, no augmentation. Written into `--out`:
-`figure1.png` (training error per epoch of both best runs, the 25% line, the ratio of the epochs they
-needed), `figure1.json` (every run's curve, the best of each, epochs to 25% or null, the ratio) and
-`runs/<activation>-lr<lr>.json`, one per run, so that a rerun with the same settings trains only what
-is missing.
+reaches 25% training error in the fewest epochs (ties: the lower final training error, then the
+lower error at the crossing; a run whose loss diverged is never best). No weight decay, no dropout,
+no augmentation. Written into `--out`: `figure1.png` (training error per epoch of both best runs,
+the 25% line, the ratio of the epochs they needed), `figure1.json` (every run's curve, the best of
+each, epochs to 25% or null, the ratio) and `runs/<activation>-lr<lr>.json`, one per run, so that a
+rerun with the same settings trains only what is missing.
 """
 
 from __future__ import annotations
@@ -196,11 +196,13 @@ def train_run(activation: str, lr: float, cfg: Figure1Config, data: tuple[Tensor
 
 def best(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The fastest run: fewest epochs to the target, then the lowest final training error, then the
-    first given; a diverged run only if every run diverged."""
-    def key(r: dict[str, Any]) -> tuple[bool, float, float]:
+    lowest error at the epoch it reached the target (two runs that both end at 0% differ there),
+    then the first given; a diverged run only if every run diverged."""
+    def key(r: dict[str, Any]) -> tuple[bool, float, float, float]:
         final = r["train_error"][-1] if r["train_error"] else 1.0
-        reached = r["epochs_to_target"] if r["epochs_to_target"] is not None else math.inf
-        return (r["diverged"], reached, final)
+        reached = r["epochs_to_target"]
+        crossing = r["train_error"][reached - 1] if reached is not None else 1.0
+        return (r["diverged"], reached if reached is not None else math.inf, final, crossing)
 
     return min(runs, key=key)
 
