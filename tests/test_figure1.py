@@ -221,6 +221,11 @@ def test_tiny_run_end_to_end(tmp_path: Path, tarball: Path, monkeypatch: pytest.
     longer = CliRunner().invoke(figure1_main, [*args[:5], "4", *args[6:]])
     assert longer.exit_code == 0, longer.output
     assert sorted(calls) == [("relu", 0.003, 4), ("relu", 0.05, 4), ("tanh", 0.003, 4), ("tanh", 0.05, 4)]
+    # An unreadable run file counts as missing: that run alone is trained again.
+    (out / "runs" / "tanh-lr0.05.json").write_text("{not json")
+    calls.clear()
+    assert CliRunner().invoke(figure1_main, [*args[:5], "4", *args[6:]]).exit_code == 0
+    assert calls == [("tanh", 0.05, 4)]
 
 
 def test_a_run_that_never_reaches_the_target_has_null_and_no_ratio(tmp_path: Path, tarball: Path) -> None:

@@ -216,6 +216,14 @@ def run_path(out: Path, activation: str, lr: float) -> Path:
     return out / RUNS / f"{activation}-lr{lr:g}.json"
 
 
+def _read_run(path: Path) -> dict[str, Any] | None:
+    """A finished run's file, or None when absent or unreadable (then the run is trained again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def sweep(cfg: Figure1Config, data: tuple[Tensor, Tensor, Tensor, Tensor]) -> list[dict[str, Any]]:
     """Every (activation, lr) run; one already in `out/runs/` with the same settings is reused."""
     out = Path(cfg.out)
@@ -224,7 +232,7 @@ def sweep(cfg: Figure1Config, data: tuple[Tensor, Tensor, Tensor, Tensor]) -> li
     for activation in ACTIVATIONS:
         for lr in cfg.lrs:
             path = run_path(out, activation, lr)
-            cached = json.loads(path.read_text()) if path.exists() else None
+            cached = _read_run(path)
             if cached is not None and cached.get("settings") == cfg.run_key():
                 runs.append(cached["run"])
             else:
