@@ -46,7 +46,7 @@ def alexnet(weights: str | os.PathLike | None = None, num_classes: int = 1000, d
     weights: a local path or a URL to a .safetensors file or a .pt state dict (best.pt, final.pt).
     num_classes: fc8's outputs; a .safetensors file with metadata must agree.
     switches: trainer.model.AlexNet's keyword arguments (lrn_variant, norm, pool, columns, dropout,
-        init); their defaults are the paper's network.
+        activation, conv6, init); their defaults are the paper's network.
     """
     import torch
 

@@ -178,13 +178,13 @@ def test_config_round_trip() -> None:
 # The paper's ablations: settings, their wiring into the model, the loader and the optimizer.
 
 SWITCHES = {"norm": "batch", "pool": "nonoverlap", "columns": 1, "dropout": 0.0, "lighting": "off",
-            "augment": "none"}
+            "augment": "none", "activation": "tanh", "conv6": True}
 
 
 def test_switch_defaults_are_the_papers_and_old_runs_read_as_such() -> None:
     cfg = TrainConfig(shards="s", out="o")
-    assert (cfg.norm, cfg.pool, cfg.columns, cfg.dropout, cfg.lighting, cfg.augment) == (
-        "lrn", "overlap", 2, paper.DROPOUT, "paper01", "full")
+    assert (cfg.norm, cfg.pool, cfg.columns, cfg.dropout, cfg.lighting, cfg.augment, cfg.activation,
+            cfg.conv6) == ("lrn", "overlap", 2, paper.DROPOUT, "paper01", "full", "relu", False)
     old = {k: v for k, v in cfg.to_dict().items() if k not in SWITCHES}  # params.json before the switches
     assert TrainConfig.from_dict(old) == cfg
     changed = dataclasses.replace(cfg, **SWITCHES)
@@ -195,6 +195,7 @@ def test_switch_defaults_are_the_papers_and_old_runs_read_as_such() -> None:
     ({"norm": "layer"}, "--norm must be one of"), ({"pool": "avg"}, "--pool must be one of"),
     ({"columns": 3}, "--columns must be one of"), ({"dropout": 1.0}, r"--dropout must be in \[0, 1\)"),
     ({"lighting": "on"}, "--lighting must be one of"), ({"augment": "some"}, "--augment must be one of"),
+    ({"activation": "sigmoid"}, "--activation must be one of"),
     ({"columns": 1, "devices": ("cuda:0", "cuda:1")}, "--columns 1 is a one-device network"),
     ({"augment": "none", "lighting": "cuda-convnet"}, "--augment none already turns lighting off"),
 ])
@@ -231,6 +232,7 @@ def test_architecture_switches_reach_the_model() -> None:
     model = train.build_model(cfg, 6, ("cpu",))
     assert (model.norm, model.columns, model.dropout.p) == ("batch", 1, 0.0)
     assert model.pool.kernel_size == 2 and len(model.conv1) == 1
+    assert model.activation == "tanh" and len(model.conv6) == 1
 
 
 def test_batch_norm_scale_and_shift_are_not_weight_decayed() -> None:

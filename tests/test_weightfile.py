@@ -72,7 +72,7 @@ def test_metadata_holds_switches_classes_and_statistics(saved_run: SavedRun,
     assert all(torch.equal(w.state[k], v) for k, v in model.state_dict().items())
     assert w.num_classes == 4 and w.git == GIT
     assert w.switches == {"lrn_variant": cfg.lrn, "norm": cfg.norm, "pool": cfg.pool, "columns": cfg.columns,
-                          "dropout": cfg.dropout}
+                          "dropout": cfg.dropout, "activation": cfg.activation, "conv6": cfg.conv6}
     listed = sorted(manifest(sample_shards)["classes"], key=lambda c: c["index"])
     assert [c["wnid"] for c in w.classes] == [c["wnid"] for c in listed]
     assert [c["words"] for c in w.classes] == [c["words"] for c in listed]

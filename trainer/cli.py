@@ -1,5 +1,5 @@
 """Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report`, `alexnet-bench`, `alexnet-ablations`,
-`alexnet-figures` and `alexnet-predict`.
+`alexnet-figures`, `alexnet-figure1` and `alexnet-predict`.
 
     alexnet-train --shards shards/ --out runs/paper
     alexnet-eval --checkpoint runs/paper --shards shards/ --ten-crop
@@ -39,7 +39,7 @@ from trainer.config import (
     ConfigError,
     TrainConfig,
 )
-from trainer.model import COLUMN_CHOICES, NORMS, POOLS
+from trainer.model import ACTIVATIONS, COLUMN_CHOICES, NORMS, POOLS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
 
@@ -116,6 +116,11 @@ def _warnings_to_stderr() -> None:
               help="§4.1 PCA lighting: alpha ~ N(0, 0.1) (paper01), cuda-convnet's variant, or off.")
 @click.option("--augment", type=click.Choice(AUGMENTS), default="full",
               help="§4.1: random crops, flips and lighting (full), or none: the centre crop only.")
+@click.option("--activation", type=click.Choice(tuple(ACTIVATIONS)), default="relu",
+              help="§3.1 / Figure 1: the non-linearity after every conv and hidden FC layer.")
+@click.option("--conv6/--no-conv6", default=False,
+              help="§6: a sixth conv layer over pool5 (the paper gives no shape; ours: 3x3, 128 maps per "
+                   "column on its own column, padding 1; README).")
 @click.option("--mean", type=click.Choice(MEAN_MODES), default=None,
               help="Input normalisation: image = §2's raw RGB minus the mean image (what paper init is sized "
                    "for); channel = (x - mean) / std per channel (what kaiming init assumes) "
@@ -339,6 +344,14 @@ def predict_main(images: tuple[str, ...], checkpoint: str, shards: str | None, d
     except PredictError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)  # bad input, as for the other commands
+@click.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def figure1_main(args: tuple[str, ...]) -> None:
+    """`alexnet-figure1` (Figure 1, ReLU against tanh on CIFAR-10): every argument, --help and --version
+    too, goes to the command in trainer/figure1.py, imported only when it runs."""
+    from trainer.figure1 import command
+
+    command.main(list(args), prog_name="alexnet-figure1")
 
 
 @click.group(context_settings=CONTEXT)

@@ -315,7 +315,8 @@ def loader_state(loader: Any) -> str | None:
 
 def model_args(cfg: TrainConfig) -> dict[str, Any]:
     """The architecture switches of a run, as AlexNet's keyword arguments (also for alexnet-eval)."""
-    return {"norm": cfg.norm, "pool": cfg.pool, "columns": cfg.columns, "dropout": cfg.dropout}
+    return {"norm": cfg.norm, "pool": cfg.pool, "columns": cfg.columns, "dropout": cfg.dropout,
+            "activation": cfg.activation, "conv6": cfg.conv6}
 
 
 def build_model(cfg: TrainConfig, num_classes: int, devices: tuple[str, ...]) -> nn.Module:

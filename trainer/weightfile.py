@@ -11,7 +11,8 @@ str -> str, so every entry that is not a plain string is JSON:
     format        "alexnet-repro/1"
     architecture  "trainer.model.AlexNet"
     num_classes   "1000"
-    switches      {"lrn_variant": "paper", "norm": "lrn", "pool": "overlap", "columns": 2, "dropout": 0.5}
+    switches      {"lrn_variant": "paper", "norm": "lrn", "pool": "overlap", "columns": 2, "dropout": 0.5,
+                   "activation": "relu", "conv6": false}
                   (trainer.model.AlexNet's keyword arguments, as the run trained it)
     git           the revision that trained it (trainer.train.git_revision)
     classes       [{"wnid": "n01440764", "words": "tench, Tinca tinca"}, ...] by label (manifest.json)
@@ -46,7 +47,7 @@ FORMAT = "alexnet-repro/1"
 ARCHITECTURE = "trainer.model.AlexNet"
 # trainer.model.AlexNet's keyword arguments that change the network a state dict belongs to. `init`
 # is not one: it only sets the starting weights, which loaded weights replace.
-SWITCHES = ("lrn_variant", "norm", "pool", "columns", "dropout")
+SWITCHES = ("lrn_variant", "norm", "pool", "columns", "dropout", "activation", "conv6")
 
 
 class WeightsError(CheckpointError):
@@ -89,7 +90,7 @@ class Weights:
 def switches_of(cfg: Any) -> dict[str, Any]:
     """AlexNet's keyword arguments of a TrainConfig (its --lrn is the model's lrn_variant)."""
     return {"lrn_variant": cfg.lrn, "norm": cfg.norm, "pool": cfg.pool, "columns": cfg.columns,
-            "dropout": cfg.dropout}
+            "dropout": cfg.dropout, "activation": cfg.activation, "conv6": cfg.conv6}
 
 
 def read_stats(shards: str | Path, mean: str, quality: int) -> InputStats:
@@ -120,7 +121,7 @@ def metadata(num_classes: int, switches: dict[str, Any], git: str | None = None,
              classes: list[dict[str, Any]] | None = None, stats: InputStats | None = None) -> dict[str, str]:
     """The str -> str header of a weights file (see the module doc)."""
     meta = {"format": FORMAT, "architecture": ARCHITECTURE, "num_classes": str(num_classes),
-            "switches": json.dumps({k: switches[k] for k in SWITCHES}, sort_keys=True)}
+            "switches": json.dumps({k: switches[k] for k in SWITCHES if k in switches}, sort_keys=True)}
     if git:
         meta["git"] = git
     if classes is not None:
