@@ -26,7 +26,7 @@ $(BIN)/.installed: pyproject.toml $(LOCKS) $(if $(DALI_CUDA),FORCE)
 	$(BIN)/pip install -q "$(TORCH)"
 	DALI_CUDA=$(DALI_CUDA) $(BIN)/python -m tools.dali_build --install
 	$(BIN)/pip install -q --no-deps -e .
-	$(BIN)/python -m tools.requirements check
+	$(BIN)/python -m tools.requirements check --torch "$(TORCH)"
 	touch $@
 
 install: $(BIN)/.installed

@@ -222,9 +222,18 @@ def torch_pin(text: str) -> str:
     return m[1]
 
 
-def check(paths: Sequence[Path]) -> list[str]:
-    """What in this environment differs from the locks at `paths`: one line each."""
+def check(paths: Sequence[Path], torch: str | None = None) -> list[str]:
+    """What in this environment differs from the locks at `paths`, and torch from `torch` (its pin,
+    torch==X; its local build tag, +cpu or +cu130, is the box's): one line each."""
     problems = []
+    if torch is not None:
+        want = torch.split("==", 1)[1]
+        try:
+            have = importlib.metadata.version(TORCH)
+        except importlib.metadata.PackageNotFoundError:
+            have = "none"
+        if have.split("+")[0] != want:
+            problems.append(f"torch: {have} installed, the lock pins {want}")
     for path in paths:
         for e in parse(path.read_text()):
             if not applies(e.marker):
@@ -247,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lk.add_argument("--torch", required=True, help="torch's pin, torch==X.Y.Z (the Makefile's TORCH)")
     lk.add_argument("--python", default="3.10", help="the oldest Python the lock serves")
     ck = sub.add_parser("check", help="compare this environment with the lock and one DALI lock")
+    ck.add_argument("--torch", default=None,
+                    help="torch's expected pin, torch==X.Y.Z [default: the one requirements.lock records]")
     ck.add_argument("--dali-lock", default=None,
                     help="the DALI build's lock [default: the installed build's, tools.dali_build]")
     args = p.parse_args(argv)
@@ -261,10 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if dali is None:
         print(f"check: {len(builds)} DALI builds installed, expected one", file=sys.stderr)
         return 1
-    problems = check([ROOT / MAIN_LOCK, ROOT / dali])
+    main_lock = ROOT / MAIN_LOCK
+    problems = check([main_lock, ROOT / dali], args.torch or torch_pin(main_lock.read_text()))
     for line in problems:
         print(line, file=sys.stderr)
-    print(f"{'differs from' if problems else 'matches'} {MAIN_LOCK} + {dali}")
+    note = f" in {len(problems)} packages (an install off the lock is your own choice)" if problems else ""
+    print(f"{'differs from' if problems else 'matches'} {MAIN_LOCK} + {dali}{note}")
     return 1 if problems else 0
 
 
