@@ -125,3 +125,26 @@ def test_installed_sees_this_environments_build() -> None:
     """`make install` put exactly one build here (tests run in its environment)."""
     found = dali_build.installed()
     assert len(found) == 1, [b.dist for b in found]
+
+
+def test_install_removes_the_other_build_and_only_what_it_alone_needs(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make install DALI_CUDA=12` over an environment holding the CUDA 13 build (pip faked)."""
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str], check: bool = False) -> subprocess.CompletedProcess:
+        calls.append(cmd[3:])  # after [python, -m, pip]
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(dali_build, "installed", lambda: [BUILDS[13]])
+    monkeypatch.setattr(dali_build, "_installed", lambda dist: True)
+    monkeypatch.setattr(dali_build.subprocess, "run", run)
+    assert dali_build.install(BUILDS[12]) == 0
+    uninstall, install = calls
+    assert uninstall[:3] == ["uninstall", "-q", "-y"]
+    removed = set(uninstall[3:])
+    assert {"nvidia-dali-cuda130", "nvidia-nvimgcodec-cu13"} <= removed
+    assert "nvidia-dali-cuda120" not in removed and "gast" not in removed  # gast: both builds need it
+    assert install == ["install", "-q", "--require-hashes", "--no-deps", "-r",
+                       str(ROOT / "requirements-dali-cuda120.lock")]
+    assert capsys.readouterr().out.startswith("DALI: nvidia-dali-cuda120 (for CUDA 12 drivers")

@@ -120,14 +120,7 @@ def torch_cuda() -> str | None:
 
 def installed() -> list[Build]:
     """The DALI builds installed in this environment (more than one is a broken environment)."""
-    found = []
-    for build in BUILDS.values():
-        try:
-            importlib.metadata.version(build.dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        found.append(build)
-    return found
+    return [build for build in BUILDS.values() if _installed(build.dist)]
 
 
 def for_box(env: dict[str, str] | None = None) -> Build:
@@ -159,18 +152,35 @@ def driver_problem(dali_cuda: int | None, driver_version: int | None, dist: str 
 
 
 def install(build: Build) -> int:
-    """Uninstall the other builds, then install `build` from its lock into this interpreter's
-    environment. The uninstall comes first: installing a second build over the first would leave
-    two distributions writing the same nvidia/dali files, and removing one later would break both."""
+    """Uninstall the other builds and what only they need, then install `build` from its lock into
+    this interpreter's environment. The uninstall comes first: installing a second build over the first
+    would leave two distributions writing the same nvidia/dali files, and removing one later would
+    break both."""
+    from tools import requirements  # stdlib only too; imports this module, hence here
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     pip = [sys.executable, "-m", "pip"]
-    others = [b.dist for b in installed() if b != build]
-    if others:
-        subprocess.run([*pip, "uninstall", "-q", "-y", *others], check=True)
-    lock = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), build.lock)
-    done = subprocess.run([*pip, "install", "-q", "--require-hashes", "--no-deps", "-r", lock])
+    keep = {e.name for e in requirements.parse(open(os.path.join(root, build.lock)).read())}
+    others = [b for b in installed() if b != build]
+    # Their own lock's entries that this build does not share (nvImageCodec, nvJPEG for CUDA 13...).
+    drop = sorted({e.name for b in others for e in requirements.parse(open(os.path.join(root, b.lock)).read())
+                   if e.name not in keep and _installed(e.name)})
+    if drop:
+        subprocess.run([*pip, "uninstall", "-q", "-y", *drop], check=True)
+    done = subprocess.run([*pip, "install", "-q", "--require-hashes", "--no-deps", "-r",
+                          os.path.join(root, build.lock)])
     if done.returncode == 0:
-        print(f"DALI: {build.dist} (for CUDA {build.cuda} drivers, {build.drivers}), from {build.lock}")
+        print(f"DALI: {build.dist} (for CUDA {build.cuda} drivers, {build.drivers}), from {build.lock}"
+              + (f"; removed {', '.join(drop)}" if drop else ""))
     return done.returncode
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
