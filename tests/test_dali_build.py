@@ -148,3 +148,16 @@ def test_install_removes_the_other_build_and_only_what_it_alone_needs(
     assert install == ["install", "-q", "--require-hashes", "--no-deps", "-r",
                        str(ROOT / "requirements-dali-cuda120.lock")]
     assert capsys.readouterr().out.startswith("DALI: nvidia-dali-cuda120 (for CUDA 12 drivers")
+
+
+def test_install_over_both_builds_reinstalls_the_chosen_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both builds installed write the same nvidia/dali files: removing one breaks the other, so the
+    chosen one is removed too and installed afresh."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(dali_build, "installed", lambda: [BUILDS[12], BUILDS[13]])
+    monkeypatch.setattr(dali_build, "_installed", lambda dist: True)
+    monkeypatch.setattr(dali_build.subprocess, "run",
+                        lambda cmd, check=False: calls.append(cmd[3:]) or subprocess.CompletedProcess(cmd, 0))
+    assert dali_build.install(BUILDS[13]) == 0
+    assert {"nvidia-dali-cuda120", "nvidia-dali-cuda130"} <= set(calls[0][3:])
+    assert calls[1][-1].endswith("requirements-dali-cuda130.lock")

@@ -161,10 +161,13 @@ def install(build: Build) -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     pip = [sys.executable, "-m", "pip"]
     keep = {e.name for e in requirements.parse(open(os.path.join(root, build.lock)).read())}
-    others = [b for b in installed() if b != build]
+    present = installed()
+    others = [b for b in present if b != build]
     # Their own lock's entries that this build does not share (nvImageCodec, nvJPEG for CUDA 13...).
     drop = sorted({e.name for b in others for e in requirements.parse(open(os.path.join(root, b.lock)).read())
                    if e.name not in keep and _installed(e.name)})
+    if others and build in present:  # both there: removing the other took shared files of this one
+        drop.append(build.dist)
     if drop:
         subprocess.run([*pip, "uninstall", "-q", "-y", *drop], check=True)
     done = subprocess.run([*pip, "install", "-q", "--require-hashes", "--no-deps", "-r",

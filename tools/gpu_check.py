@@ -238,14 +238,14 @@ def requirements_text(python: str | None = None) -> str:
     return requirements.for_target([ROOT / requirements.MAIN_LOCK, ROOT / build.lock], python)
 
 
-def dali_requirement() -> str:
-    """pip's requirement for this box's DALI build, or both when torch is not there to choose."""
+def dali_requirement() -> str | None:
+    """pip's requirement for this box's DALI build; None when neither DALI_CUDA nor torch chooses."""
     from tools import dali_build
 
     try:
         return dali_build.for_box().requirement
     except dali_build.ChoiceError:
-        return " or ".join(b.requirement for b in dali_build.BUILDS.values())
+        return None
 
 
 def driver_problem(env: dict[str, Any]) -> str | None:
@@ -263,10 +263,13 @@ def driver_problem(env: dict[str, Any]) -> str | None:
 
 def missing_line(missing: Sequence[Sequence[str]]) -> str:
     """One line: what is missing, and the pip command that installs it (torch apart)."""
-    pip = {**dict(REQUIREMENTS), DALI: dali_requirement()}
+    dali = dali_requirement()
+    pip = {**dict(REQUIREMENTS), **({DALI: dali} if dali else {})}
     parts = ["missing: " + ", ".join(f"{m} ({why})" if why else m for m, why in missing)]
     if any(m == TORCH[0] for m, _ in missing):
         parts.append(f"install {TORCH[1]}")
+    if dali is None and any(m == DALI for m, _ in missing):  # without torch, the driver decides
+        parts.append("then DALI's build for it (README.md, 'Installing'; or set DALI_CUDA)")
     reqs = [pip[m] for m, _ in missing if m in pip]
     if reqs:
         parts.append("pip install " + " ".join(shlex.quote(r) for r in reqs))
