@@ -10,7 +10,7 @@ split appears exactly once with a real label. Rebuilding per epoch (instead of l
 loop) keeps the order a pure function of the epoch number, whatever ran before.
 
 No stall at the boundary. With `overlap_epochs` the next epoch's pipeline is built on a background
-thread as soon as this epoch starts, and started there too: its reader parses the shard index and
+thread once this epoch's first batch is out, and started there too: its reader parses the shard index and
 fills its shuffle buffer, and its first `prefetch` batches are made, on DALI's threads while this
 epoch runs, so the boundary's `next()` finds a batch ready. DALI's `Pipeline.build()` holds Python's
 GIL for its whole C++ part (measured), so a thread alone would not spare the training thread; the
@@ -272,8 +272,6 @@ class Loader:
             raise self._translate(e, epoch, start) from None
         finally:
             self.clock.data_wait += time.perf_counter() - t
-        if self._overlap:
-            self._build_ahead(epoch + 1)
         scheduled = min(start + self._depth, self._batches)
         for batch in range(start, self._batches):
             stream = torch.cuda.current_stream(self._device_id) if self._device == "gpu" else None
@@ -295,6 +293,10 @@ class Loader:
                 labels[max(valid, 0):] = PAD_LABEL
             self._position = (epoch, batch + 1)
             yield images, labels
+            if batch == start and self._overlap:
+                # Only now: the build holds the GIL for a while (module doc), and at the epoch's start
+                # it would delay the boundary's own batch (measured: +50-90 ms, pipeline/boundary.py).
+                self._build_ahead(epoch + 1)
         if self._reuse and start == 0 and cpt is None:
             self._kept = self._pipe  # every batch it queued has been handed out
         self._release()
