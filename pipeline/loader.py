@@ -193,6 +193,7 @@ class Loader:
         self._ahead: tuple[int, Future] | None = None  # (epoch, its pipeline being built and started)
         self._builder: ThreadPoolExecutor | None = None  # the one thread that builds ahead
         self._kept = None  # reuse_pipeline: the pipeline of the last complete pass, ready for another
+        self._retired: list = []  # finished pipelines waiting to be torn down on the builder thread
         self.clock = InputClock()
         self._id = identity
         self._device, self._device_id = device, device_id
@@ -298,8 +299,9 @@ class Loader:
             self._position = (epoch, batch + 1)
             yield images, labels
             if batch == start and self._overlap:
-                # Only now: the build holds the GIL for a while (module doc), and at the epoch's start
-                # it would delay the boundary's own batch (measured: +50-90 ms, pipeline/boundary.py).
+                # Only now: teardown and build hold the GIL for a while (module doc), and at the
+                # epoch's start they delayed the boundary's own batch (+50-110 ms, pipeline/boundary.py).
+                self._retire()  # first: the memory of the finished epoch's pipeline goes first
                 self._build_ahead(epoch + 1)
         if self._reuse and start == 0 and cpt is None:
             self._kept = self._pipe  # every batch it queued has been handed out
@@ -323,10 +325,16 @@ class Loader:
     def _release(self) -> None:
         # The last reference: DALI joins the pipeline's threads and frees its buffers when it goes
         # (measured: no reference cycles keep it alive). That took 40-110 ms inside the boundary's
-        # next() on the 2-core box, so with a builder thread the pipeline is dropped there instead.
-        pipe, self._pipe = self._pipe, None
-        if pipe is not None and self._builder is not None:
-            self._builder.submit(_drop, pipe)
+        # next() on the 2-core box, so with a builder thread the pipeline is dropped there, after
+        # the next epoch's first batch (`_retire`): its teardown holds the GIL too.
+        if self._pipe is not None and self._builder is not None:
+            self._retired.append(self._pipe)
+        self._pipe = None
+
+    def _retire(self) -> None:
+        """Hand the finished pipelines to the builder thread, to be torn down there."""
+        while self._retired:
+            self._builder.submit(_drop, self._retired.pop())
 
     def _translate(self, error: RuntimeError, epoch: int, batch: int) -> PipelineError:
         found = from_dali(error, list(self._id.shards))
