@@ -299,8 +299,8 @@ class Loader:
             self._position = (epoch, batch + 1)
             yield images, labels
             if batch == start and self._overlap:
-                # Only now: teardown and build hold the GIL for a while (module doc), and at the
-                # epoch's start they delayed the boundary's own batch (+50-110 ms, pipeline/boundary.py).
+                # Only now: the build holds the GIL (module doc) and the teardown pauses Python too;
+                # at the epoch's start they delayed the boundary's own batch (+50-110 ms measured).
                 self._retire()  # first: the memory of the finished epoch's pipeline goes first
                 self._build_ahead(epoch + 1)
         if self._reuse and start == 0 and cpt is None:
@@ -326,7 +326,8 @@ class Loader:
         # The last reference: DALI joins the pipeline's threads and frees its buffers when it goes
         # (measured: no reference cycles keep it alive). That took 40-110 ms inside the boundary's
         # next() on the 2-core box, so with a builder thread the pipeline is dropped there, after
-        # the next epoch's first batch (`_retire`): its teardown holds the GIL too.
+        # the next epoch's first batch (`_retire`): even there it pauses the other Python threads
+        # now and then (measured: up to 8-47 ms at a time).
         if self._pipe is not None and self._builder is not None:
             self._retired.append(self._pipe)
         self._pipe = None
