@@ -10,15 +10,19 @@ split appears exactly once with a real label. Rebuilding per epoch (instead of l
 loop) keeps the order a pure function of the epoch number, whatever ran before.
 
 No stall at the boundary. With `overlap_epochs` the next epoch's pipeline is built on a background
-thread once this epoch's first batch is out, and started there too: its reader parses the shard index and
-fills its shuffle buffer, and its first `prefetch` batches are made, on DALI's threads while this
-epoch runs, so the boundary's `next()` finds a batch ready. DALI's `Pipeline.build()` holds Python's
-GIL for its whole C++ part (measured), so a thread alone would not spare the training thread; the
-reader therefore parses its index at the first run (`lazy_init`, graph.read), which leaves the
-build a few milliseconds. The price: a second pipeline (its shuffle buffer and `prefetch` batches)
-lives through the epoch. The evaluation loader reads the same batches every pass, so it keeps one
-pipeline for all of them (`reuse_pipeline`): after a complete pass its reader is back at the start
-of the rank's range (`pad_last_batch` pads every pass to whole batches).
+thread once this epoch's first batch is out, and started there too: its reader parses the shard
+index and fills its shuffle buffer, and its first `prefetch` batches are made, on DALI's threads
+while this epoch runs, so the boundary's `next()` finds a batch ready. The finished epoch's
+pipeline is torn down on that thread at the same moment (it lives through the validation between
+epochs). DALI's `Pipeline.build()` holds Python's GIL for its whole C++ part (measured), so a
+thread alone does not spare the training thread: the reader parses its index at its first run
+instead (`lazy_init`, graph.read), on DALI's thread, and what is left of the build (0.01-0.13 s on
+the 2-core box, mostly the mean image constant) pauses the training thread once per epoch, inside
+the epoch rather than at its boundary (docs/PERFORMANCE.md, "Epoch boundaries"). The price of
+starting early: a second pipeline (its shuffle buffer and `prefetch` batches) lives through the
+epoch. The evaluation loader reads the same batches every pass, so it keeps one pipeline for all
+of them (`reuse_pipeline`): after a complete pass its reader is back at the start of the rank's
+range (`pad_last_batch` pads every pass to whole batches).
 
 What the host waits for. `clock` (an `InputClock`) adds up the seconds the host spent inside the
 loader waiting for input (DALI's outputs, or a pipeline that was not ready) apart from the seconds

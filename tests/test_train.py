@@ -204,6 +204,23 @@ def test_lighting_and_augment_reach_the_training_loader(monkeypatch, kwargs: dic
     assert seen["val"] == {**train.loader_args(default, world, ("cpu",)), "crop": "center"}  # untouched
 
 
+def test_validation_loaders_are_made_once_per_run(monkeypatch) -> None:
+    # Each evaluation iterates the same loader again (one pass each), so its DALI pipeline is built
+    # once per run (pipeline/loader.py, reuse_pipeline); before, every epoch made a new loader.
+    import pipeline
+
+    made: list[dict] = []
+    monkeypatch.setattr(pipeline, "train_loader", lambda shards, **kw: object())
+    monkeypatch.setattr(pipeline, "eval_loader", lambda shards, **kw: made.append(kw) or object())
+    cfg = TrainConfig(shards="s", out="o")
+    world = distributed.World(rank=0, size=1, local_rank=0, local_size=1)
+    _, val = train.load_data(cfg, world, ("cpu",))
+    centre = [val(False) for _ in range(3)]
+    ten = [val(True) for _ in range(2)]
+    assert all(v is centre[0] for v in centre) and all(v is ten[0] for v in ten) and ten[0] is not centre[0]
+    assert [kw["crop"] for kw in made] == ["center", "ten"]
+
+
 def test_architecture_switches_reach_the_model() -> None:
     cfg = TrainConfig(shards="s", out="o", channels_last=False, **SWITCHES)
     model = train.build_model(cfg, 6, ("cpu",))
