@@ -83,6 +83,9 @@ def test_epoch_records_hold_the_train_error(sample_shards: Path, tmp_path: Path,
     assert all(0 <= r["top1_err"] <= 1 for r in steps)
     # The epoch's error is the sample-weighted mean of its intervals' (equal-sized here).
     assert result["train_top1_err"] == pytest.approx(sum(r["top1_err"] for r in steps) / len(steps))
+    # Both input meters in every train and epoch record; no GPU, so nothing held the loop back.
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert epochs and all(0 <= r["data_wait"] < 1 and r["gpu_throttle"] == 0.0 for r in steps + epochs)
 
 
 def test_plateau_policy_drops_at_most_lr_drops_times() -> None:
