@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pipeline.bench import command as pipeline_bench
@@ -87,8 +88,31 @@ def test_train_bench_writes_json(sample_shards: Path, tmp_path: Path) -> None:
     for kind in ("synthetic", "pipeline"):
         assert figures[kind]["images"] == 2 and figures[kind]["images_per_s"] > 0
         assert 0 <= figures[kind]["data_wait"] < 1
+        assert figures[kind]["gpu_throttle"] == 0.0  # no GPU holds the CPU loader back
     assert figures["pipeline_over_synthetic"] == (figures["pipeline"]["images_per_s"]
                                                   / figures["synthetic"]["images_per_s"])
+
+
+@pytest.mark.parametrize(("precision", "channels_last"), [("bf16", True), ("fp32", True), ("fp32", False)])
+def test_train_bench_synthetic_input_is_what_the_loader_yields(pipeline_shards: tuple[Path, dict],
+                                                               precision: str, channels_last: bool) -> None:
+    # The ceiling's step must do the real step's work: same dtype (no extra cast), same strides (no
+    # channels-last copy in to_device), same shape.
+    from trainer import distributed, train
+    from trainer.bench import synthetic_batch
+    from trainer.config import TrainConfig
+
+    root, _ = pipeline_shards
+    cfg = TrainConfig(shards=str(root), out="", batch_size=4, devices=("cpu",), precision=precision,
+                      channels_last=channels_last)
+    world = distributed.World()
+    loader, _ = train.load_data(cfg, world, cfg.devices)
+    images, labels = next(iter(loader))
+    fake_images, fake_labels = synthetic_batch(cfg, world, cfg.devices, num_classes=5)
+    assert fake_images.dtype == images.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert fake_images.shape == images.shape and fake_images.stride() == images.stride()
+    assert fake_images.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert fake_labels.shape == labels.shape and fake_labels.dtype == labels.dtype
 
 
 def test_train_bench_without_shards_is_synthetic_only(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections import Counter
 from functools import cache
 
@@ -75,6 +76,11 @@ def locate(patch: np.ndarray, source: np.ndarray, tol: float) -> list[tuple[int,
 
 def run_epochs(loader, epochs) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x.clone(), y.clone()) for e in epochs for x, y in loader.epoch(e)]
+
+
+def same_batches(xs, ys) -> bool:
+    return len(xs) == len(ys) and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
+                                      for p, q in zip(xs, ys))
 
 
 def real(batches):
@@ -308,10 +314,7 @@ def test_ten_crops_are_the_four_corners_and_centre_then_their_mirrors(shards, so
 
 
 def test_batches_are_a_pure_function_of_seed_and_epoch(shards):
-    def same(xs, ys):
-        return len(xs) == len(ys) and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
-                                          for p, q in zip(xs, ys))
-
+    same = same_batches
     a = run_epochs(train_loader(shards, batch_size=8, seed=7, **CPU), [0, 1])  # overlapping epochs (default)
     b = run_epochs(train_loader(shards, batch_size=8, seed=7, **{**TRAIN, "num_threads": 1}), [0, 1])
     assert same(a, b)  # and independent of the thread count
@@ -322,6 +325,50 @@ def test_batches_are_a_pure_function_of_seed_and_epoch(shards):
     loader = train_loader(shards, batch_size=8, seed=7, **TRAIN)
     plain = [(x.clone(), y.clone()) for _ in range(2) for x, y in loader]  # each `for` runs the next epoch
     assert loader.next_epoch == 2 and same(plain, a)
+
+
+def test_next_epoch_pipeline_is_built_off_the_training_thread_with_the_same_batches(shards, monkeypatch):
+    from pipeline import train as train_module
+
+    real, on_caller = train_module._train_pipeline, []
+    me = threading.get_ident()
+
+    def recording(**kw):
+        on_caller.append(threading.get_ident() == me)
+        return real(**kw)
+
+    monkeypatch.setattr(train_module, "_train_pipeline", recording)
+    ahead = run_epochs(train_loader(shards, batch_size=8, seed=5, **CPU), [0, 1, 2])
+    # epoch 0 on first use; 1 and 2 (and 3, perhaps still building) ahead, on the builder thread
+    assert len(on_caller) >= 3 and on_caller[0] and not any(on_caller[1:])
+    on_caller.clear()
+    inline = run_epochs(train_loader(shards, batch_size=8, seed=5, **TRAIN), [0, 1, 2])
+    assert on_caller == [True, True, True]
+    assert same_batches(ahead, inline)
+
+
+@pytest.mark.parametrize(("num_shards", "batch_size", "crop"), [(1, 4, "center"), (3, 2, "center"),
+                                                                 (2, 3, "ten")])
+def test_eval_passes_share_one_pipeline_and_repeat_the_same_batches(shards, monkeypatch, num_shards,
+                                                                    batch_size, crop):
+    # (3, 2) and (2, 3): ranks whose share is not whole batches, so DALI pads; the next pass must
+    # still start at the rank's first sample.
+    from pipeline import eval as eval_module
+
+    real, builds = eval_module._eval_pipeline, []
+
+    def counting(**kw):
+        builds.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(eval_module, "_eval_pipeline", counting)
+    for rank in range(num_shards):
+        kw = dict(batch_size=batch_size, shard_id=rank, num_shards=num_shards, crop=crop, **CPU)
+        loader = eval_loader(shards, **kw)
+        passes = [[(x.clone(), y.clone()) for x, y in loader] for _ in range(3)]
+        fresh = [(x.clone(), y.clone()) for x, y in eval_loader(shards, **kw)]
+        assert all(same_batches(p, fresh) for p in passes), f"rank {rank}: a later pass differs"
+    assert len(builds) == 2 * num_shards  # per rank: one for three passes, one for the fresh loader
 
 
 @pytest.mark.parametrize(("num_shards", "batch_size"), [(1, 8), (2, 4), (2, 5), (3, 4)])

@@ -84,6 +84,9 @@ def test_epoch_records_hold_the_train_error(sample_shards: Path, tmp_path: Path,
     assert all(0 <= r["top1_err"] <= 1 for r in steps)
     # The epoch's error is the sample-weighted mean of its intervals' (equal-sized here).
     assert result["train_top1_err"] == pytest.approx(sum(r["top1_err"] for r in steps) / len(steps))
+    # Both input meters in every train and epoch record; no GPU, so nothing held the loop back.
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert epochs and all(0 <= r["data_wait"] < 1 and r["gpu_throttle"] == 0.0 for r in steps + epochs)
 
 
 def test_plateau_policy_drops_at_most_lr_drops_times() -> None:
@@ -225,6 +228,23 @@ def test_lighting_and_augment_reach_the_training_loader(monkeypatch, kwargs: dic
     base = {**train.loader_args(default, world, ("cpu",)), "seed": 0, "checkpoint": None}
     assert seen["train"] == {**base, **expected}
     assert seen["val"] == {**train.loader_args(default, world, ("cpu",)), "crop": "center"}  # untouched
+
+
+def test_validation_loaders_are_made_once_per_run(monkeypatch) -> None:
+    # Each evaluation iterates the same loader again (one pass each), so its DALI pipeline is built
+    # once per run (pipeline/loader.py, reuse_pipeline); before, every epoch made a new loader.
+    import pipeline
+
+    made: list[dict] = []
+    monkeypatch.setattr(pipeline, "train_loader", lambda shards, **kw: object())
+    monkeypatch.setattr(pipeline, "eval_loader", lambda shards, **kw: made.append(kw) or object())
+    cfg = TrainConfig(shards="s", out="o")
+    world = distributed.World(rank=0, size=1, local_rank=0, local_size=1)
+    _, val = train.load_data(cfg, world, ("cpu",))
+    centre = [val(False) for _ in range(3)]
+    ten = [val(True) for _ in range(2)]
+    assert all(v is centre[0] for v in centre) and all(v is ten[0] for v in ten) and ten[0] is not centre[0]
+    assert [kw["crop"] for kw in made] == ["center", "ten"]
 
 
 def test_architecture_switches_reach_the_model() -> None:

@@ -17,6 +17,7 @@ checkpoint is written with non-finite weights; --resume refuses other shards.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -294,13 +295,14 @@ def augment_args(cfg: TrainConfig) -> dict[str, Any]:
 def load_data(cfg: TrainConfig, world: distributed.World, devices: tuple[str, ...],
               loader_state: str | None = None) -> tuple[Any, Callable[[bool], Iterable[Any]]]:
     """This rank's training loader (continued from `loader_state`, a `Loader.state()` string) and a
-    factory of its validation loaders (centre crop, or ten crops with True)."""
+    factory of its validation loaders (centre crop, or ten crops with True), each made once per run."""
     import pipeline
 
     common = loader_args(cfg, world, devices)
     train = pipeline.train_loader(cfg.shards, seed=cfg.seed, checkpoint=loader_state, **common,
                                   **augment_args(cfg))
 
+    @functools.cache  # one loader, so one DALI pipeline, per crop mode for the whole run
     def val(ten_crop: bool) -> Iterable[Any]:
         return pipeline.eval_loader(cfg.shards, crop="ten" if ten_crop else "center", **common)
 
@@ -486,7 +488,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     autocast = autocast or (lambda d: torch.autocast(d.type, enabled=False))
     wait = metrics.DataWait()
     pos.pending = pos.pending.to(device)
-    images_done, t_log, wait_log = 0, time.perf_counter(), 0.0
+    images_done, t_log = 0, time.perf_counter()
     # disable= only when asked: tqdm reads TQDM_DISABLE as a default, which an explicit argument overrides.
     bar = tqdm(total=total, initial=pos.batch, desc=f"epoch {pos.epoch}", dynamic_ncols=True, leave=False,
                **({} if progress else {"disable": True}))
@@ -509,8 +511,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                 record = {"kind": "train", "epoch": pos.epoch, "step": pos.step, "loss": loss_sum / n,
                           **_top1_err(hits, n),
                           "lr": optimizer.param_groups[0]["lr"], "images_per_s": images_done / (now - t_log),
-                          "data_wait": (wait.waited - wait_log) / (now - t_log)}
-                images_done, t_log, wait_log = 0, now, wait.waited
+                          **wait.interval()}
+                images_done, t_log = 0, now
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2g}",
                                 img_s=f"{record['images_per_s']:.0f}", wait=f"{record['data_wait']:.0%}")
                 if log:
@@ -523,7 +525,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     pos.pending.zero_()
     pos.add(loss_sum, n, hits)
     epoch_err = {f"train_{k}": v for k, v in _top1_err(pos.hits, pos.samples).items()}
-    return {"train_loss": pos.loss_sum / max(pos.samples, 1), **epoch_err, "data_wait": wait.share()}
+    return {"train_loss": pos.loss_sum / max(pos.samples, 1), **epoch_err, **wait.summary()}
 
 
 def _top1_err(hits: float, n: float) -> dict[str, float]:
