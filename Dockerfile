@@ -8,16 +8,16 @@
 # on machines without registry access; the frontend built into BuildKit reads everything used here.
 # Without registry access, build the base image with docker/local-base.sh and pass it as BASE.
 #
-# Base: PyTorch's official CUDA 13.0 runtime image, pinned by tag. Its torch is 2.13.0, the version the
-# Makefile (and so CI) tests with; DALI is nvidia-dali-cuda130, the build pyproject.toml names. CUDA 13
-# needs an NVIDIA driver >= 580. For CUDA 12 (older drivers), build from the CUDA 12 image with DALI's
-# CUDA 12 build instead:
+# Base: PyTorch's official CUDA 13.0 runtime image, pinned by tag. Its torch is 2.13.0, the version
+# requirements.lock pins (and so the Makefile and CI test with). CUDA 13 needs an NVIDIA driver >= 580.
+# For CUDA 12 drivers (525-570), build from the CUDA 12 image: DALI's build follows the image's torch.
 #
-#   docker compose build --build-arg BASE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime \
-#                        --build-arg DALI=nvidia-dali-cuda120
+#   docker compose build --build-arg BASE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
 ARG BASE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
 FROM ${BASE}
-ARG DALI=nvidia-dali-cuda130
+# DALI's build: empty picks the one for the image's torch (its CUDA major: tools/dali_build.py), as
+# `make install` does; 12 or 13 forces one (README "Installing").
+ARG DALI_CUDA=
 
 # .git stays out of the build context, so runs record the revision given here instead:
 #   docker compose build --build-arg GIT_REVISION=$(git rev-parse HEAD)
@@ -26,18 +26,17 @@ ENV PYTHONUNBUFFERED=1 GIT_REVISION=${GIT_REVISION}
 WORKDIR /workspace
 COPY --chown=1000:1000 . /workspace
 
-# The same steps as `make install` (Makefile), less its `pip install torch==...`: the image's torch is the
-# CUDA build, and installing the project keeps it. pyproject.toml asks for torch>=2.4, which 2.13.0+cu130
-# satisfies, and pip's default upgrade strategy (only-if-needed) leaves a satisfied requirement alone.
-# Checked with `pip install --dry-run --report` in a venv holding torch 2.13.0+cpu while PyPI offered
-# 2.15.0: the only package pip would install was alexnet-repro. With the [dev] extras the image runs the
-# test suite too: `docker run --rm alexnet-repro pytest -q`.
+# The same steps as `make install` (Makefile), less its torch step: the image's torch is the CUDA build
+# and stays. requirements.lock first (hash-checked, --no-deps: pip resolves nothing, so it never touches
+# torch), then the DALI build for that torch from its lock, then the project itself, then the check that
+# the environment holds the lock's versions and torch the lock's pin. With the [dev] tools in the lock
+# the image runs the test suite too: `docker run --rm alexnet-repro pytest -q`.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m pip install -q --upgrade pip \
- && python -m pip install -q -e ".[dev]" \
- && if [ "$DALI" != nvidia-dali-cuda130 ]; then \
-        python -m pip uninstall -q -y nvidia-dali-cuda130 && python -m pip install -q "$DALI"; \
-    fi \
+ && python -m pip install -q --require-hashes --no-deps -r requirements.lock \
+ && DALI_CUDA="$DALI_CUDA" python -m tools.dali_build --install \
+ && python -m pip install -q --no-deps -e . \
+ && python -m tools.requirements check \
  && python -c "import torch, nvidia.dali; print('torch', torch.__version__, 'DALI', nvidia.dali.__version__)"
 
 # A non-root user, uid 1000 (an Ubuntu 24.04 base already has one, named ubuntu). The mount points are

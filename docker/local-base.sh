@@ -2,15 +2,15 @@
 # A base image for the Dockerfile built from Debian's packages alone, for machines that reach a package
 # mirror and PyPI but no image registry (the Dockerfile's default base, pytorch/pytorch, is on Docker Hub):
 #
-#   sudo docker/local-base.sh [TAG] [TORCH_SPEC]       # default: alexnet-base:cpu, torch==2.13.0
+#   sudo docker/local-base.sh [TAG] [TORCH_SPEC]       # default: alexnet-base:cpu, the lock's torch
 #   docker build --build-arg BASE=alexnet-base:cpu -t alexnet-repro .
 #   docker compose up --no-build
 #
 # Debian bookworm (Python 3.11) by debootstrap, a virtualenv at /opt/venv on PATH holding the CPU build
-# of torch: the same torch the Makefile and CI test with. Needs root, debootstrap and a Docker engine.
+# of torch: the version requirements.lock pins, which the Makefile and CI test with. Needs root, debootstrap and a Docker engine.
 set -euo pipefail
 tag=${1:-alexnet-base:cpu}
-torch_spec=${2:-torch==2.13.0}
+torch_spec=${2:-$(sed -n 's/^# torch: //p' "$(dirname "$0")/../requirements.lock")}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT

@@ -56,7 +56,8 @@ def eval_loader(
     `[B, 10, 3, crop_size, crop_size]` for crop="ten" (crops 0-4: top-left, top-right, bottom-left,
     bottom-right, centre; 5-9: the same, mirrored); labels int64 `[B]`, -1 (`PAD_LABEL`) for
     padding. Normalisation (`mean`) and `dtype` as in `train_loader`, without lighting. Each
-    iteration of the loader is one full pass over the split.
+    iteration of the loader is one full pass over the split; the passes share one DALI pipeline
+    (built at the first), so keep the loader to evaluate again.
     """
     device_id = check_device(device, device_id)
     dtype = dtype or default_dtype(device)
@@ -87,7 +88,7 @@ def eval_loader(
                         shard_id, num_shards)
     return Loader(build, identity, device=device, device_id=device_id, dtype=dtype,
                   channels_last=channels_last, checkpoint=None, diagnose=diagnose,
-                  prefetch=prefetch, overlap_epochs=False)
+                  prefetch=prefetch, overlap_epochs=False, reuse_pipeline=True)
 
 
 @pipeline_def

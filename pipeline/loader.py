@@ -7,9 +7,26 @@ DALI's reader splits the concatenated samples into `num_shards` contiguous range
 repeating its last sample. The loader runs exactly `len(loader)` batches per epoch and marks every
 position past this rank's share with label -1 (`PAD_LABEL`): over all ranks, each sample of the
 split appears exactly once with a real label. Rebuilding per epoch (instead of letting the reader
-loop) keeps the order a pure function of the epoch number, whatever ran before; with
-`overlap_epochs` the next epoch's pipeline is built and started while this epoch's last batches
-are consumed, so the rebuild costs the trainer no wait.
+loop) keeps the order a pure function of the epoch number, whatever ran before.
+
+No stall at the boundary. With `overlap_epochs` the next epoch's pipeline is built on a background
+thread once this epoch's first batch is out, and started there too: its reader parses the shard
+index and fills its shuffle buffer, and its first `prefetch` batches are made, on DALI's threads
+while this epoch runs, so the boundary's `next()` finds a batch ready. The finished epoch's
+pipeline is torn down on that thread at the same moment (it lives through the validation between
+epochs). DALI's `Pipeline.build()` holds Python's GIL for its whole C++ part (measured), so a
+thread alone does not spare the training thread: the reader parses its index at its first run
+instead (`lazy_init`, graph.read), on DALI's thread, and what is left of the build (0.01-0.13 s on
+the 2-core box, mostly the mean image constant) pauses the training thread once per epoch, inside
+the epoch rather than at its boundary (docs/PERFORMANCE.md, "Epoch boundaries"). The price of
+starting early: a second pipeline (its shuffle buffer and `prefetch` batches) lives through the
+epoch. The evaluation loader reads the same batches every pass, so it keeps one pipeline for all
+of them (`reuse_pipeline`): after a complete pass its reader is back at the start of the rank's
+range (`pad_last_batch` pads every pass to whole batches).
+
+What the host waits for. `clock` (an `InputClock`) adds up the seconds the host spent inside the
+loader waiting for input (DALI's outputs, or a pipeline that was not ready) apart from the seconds
+it spent held back by the GPU (`Held`, below); the trainer's data-wait meter reads the first only.
 
 Lifetime of GPU batches. DALI frees an output buffer in the order of its own CUDA stream (its
 executor, exec2.cc `Outputs`, makes the consumer's stream wait for the outputs but leaves their
@@ -33,8 +50,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import torch
@@ -61,6 +80,34 @@ class Identity:
     batch_size: int
     shard_id: int
     num_shards: int
+
+
+@dataclass
+class InputClock:
+    """Seconds the host spent blocked inside a loader, by cause; running totals (read differences).
+
+    data_wait: waiting for input, i.e. for DALI's outputs or for a pipeline that was not ready.
+    gpu_throttle: GPU back-pressure, i.e. waiting in `Held` for torch's stream to run the copy of a
+    batch HELD_BATCHES back. A GPU-bound run blocks there by design; that is not input being late.
+    """
+
+    data_wait: float = 0.0
+    gpu_throttle: float = 0.0
+
+
+class Batches(Iterator):
+    """One epoch's `(images, labels)` batches, carrying the `clock` of the loader that makes them, so
+    that a meter wrapped around the iteration can tell input waits from GPU back-pressure."""
+
+    def __init__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], clock: InputClock):
+        self._batches = batches
+        self.clock = clock
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return next(self._batches)
+
+    def close(self) -> None:
+        self._batches.close()
 
 
 class Held:
@@ -95,6 +142,10 @@ class Held:
         # a loader dropped mid-stream must not hand DALI buffers back while a copy from them is queued
         with contextlib.suppress(RuntimeError):  # at interpreter exit CUDA may be gone, and reuse with it
             self.drain()
+
+
+def _drop(pipe: object) -> None:
+    """Run on the builder thread with the loader's last reference to `pipe`, which goes with the task."""
 
 
 def dali_views(outputs, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,11 +189,16 @@ class Loader:
         diagnose: Callable[[int, int], PipelineError | None],
         prefetch: int,
         overlap_epochs: bool = True,
+        reuse_pipeline: bool = False,
     ):
         self._build = build  # (epoch, DALI checkpoint or None) -> built Pipeline
         self._depth = prefetch  # the pipelines' prefetch_queue_depth
         self._overlap = overlap_epochs
-        self._prepared: tuple[int, object] | None = None  # (epoch, pipeline) started ahead of time
+        self._ahead: tuple[int, Future] | None = None  # (epoch, its pipeline being built and started)
+        self._builder: ThreadPoolExecutor | None = None  # the one thread that builds ahead
+        self._kept = None  # reuse_pipeline: the pipeline of the last complete pass, ready for another
+        self._retired: list = []  # finished pipelines waiting to be torn down on the builder thread
+        self.clock = InputClock()
         self._id = identity
         self._device, self._device_id = device, device_id
         self._dtype, self._channels_last = dtype, channels_last
@@ -152,6 +208,9 @@ class Loader:
         self.total_samples = identity.samples  # over all ranks
         self.batch_size = identity.batch_size
         self._batches = batches_per_epoch(identity.samples, identity.num_shards, identity.batch_size)
+        # Only reusable when a pass consumes every batch it queued: a pipeline's first run queues
+        # `prefetch` batches, more than a pass of fewer batches takes (tiny splits only).
+        self._reuse = reuse_pipeline and self._batches >= prefetch
         self._pipe = None
         self._held = Held()  # GPU: DALI outputs until their copies have run (module doc)
         self._restore: dict | None = self._parse(checkpoint) if checkpoint is not None else None
@@ -168,11 +227,14 @@ class Loader:
         """Batches per epoch; equal on every rank (the last ones may hold padding)."""
         return self._batches
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Batches:
         return self.epoch(self.next_epoch)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Batches:
         """The batches of `epoch`; a checkpoint taken inside this epoch resumes where it stopped."""
+        return Batches(self._epoch(epoch), self.clock)
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start, cpt = 0, None
         if self._restore is not None and self._restore["epoch"] == epoch:
             start, cpt = self._restore["batch"], self._restore["dali"]
@@ -187,38 +249,52 @@ class Loader:
         pipe.schedule_run()  # the first call queues `prefetch` iterations; DALI's threads start now
         return pipe
 
-    def _prepare(self, epoch: int) -> None:
-        """Start `epoch`'s pipeline now: this one has all its batches queued, so the next one's build
-        and first batches overlap this epoch's tail instead of stalling the trainer at the boundary."""
-        try:
-            self._prepared = (epoch, self._start(epoch, None))
-        except RuntimeError:
-            self._prepared = None  # fails again, with its message, when that epoch starts
+    def _build_ahead(self, epoch: int) -> None:
+        """Build and start `epoch`'s pipeline on the builder thread (module doc: no stall at the
+        boundary). A failure is kept in the future and raised when that epoch starts."""
+        if self._builder is None:
+            self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-build")
+        self._ahead = (epoch, self._builder.submit(self._start, epoch, None))
+
+    def _open(self, epoch: int, start: int, cpt: bytes | None):
+        """The started pipeline for `epoch` from batch `start`: built ahead, kept from the last
+        pass, or built now (the first epoch, a resume, an epoch out of turn)."""
+        ahead, self._ahead = self._ahead, None
+        kept, self._kept = self._kept, None
+        if start == 0 and cpt is None:
+            if ahead is not None and ahead[0] == epoch:
+                return ahead[1].result()  # waits only if the build has not finished yet
+            if kept is not None:
+                for _ in range(self._depth):  # past its first run, one call queues one iteration
+                    kept.schedule_run()
+                return kept
+        if ahead is not None:
+            ahead[1].cancel()  # if it is running, its pipeline is dropped when it finishes
+        return self._start(epoch, cpt)
 
     def _run(self, epoch: int, start: int, cpt: bytes | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._release()
-        prepared, self._prepared = self._prepared, None
+        t = time.perf_counter()
         try:
-            if prepared is not None and prepared[0] == epoch and start == 0:
-                self._pipe = prepared[1]
-            else:
-                del prepared
-                self._pipe = self._start(epoch, cpt)
+            self._pipe = self._open(epoch, start, cpt)
         except RuntimeError as e:
             raise self._translate(e, epoch, start) from None
+        finally:
+            self.clock.data_wait += time.perf_counter() - t
         scheduled = min(start + self._depth, self._batches)
         for batch in range(start, self._batches):
             stream = torch.cuda.current_stream(self._device_id) if self._device == "gpu" else None
+            t = time.perf_counter()
             try:
                 outputs = self._pipe.outputs(stream)
                 if scheduled < self._batches:
                     self._pipe.schedule_run()
                     scheduled += 1
-                elif self._overlap and self._prepared is None:
-                    self._prepare(epoch + 1)
             except RuntimeError as e:
                 self._release()
                 raise self._translate(e, epoch, batch) from None
+            finally:
+                self.clock.data_wait += time.perf_counter() - t
             images, labels = self._to_torch(outputs)
             valid = self.samples - batch * self.batch_size
             if valid < self.batch_size:
@@ -226,6 +302,13 @@ class Loader:
                 labels[max(valid, 0):] = PAD_LABEL
             self._position = (epoch, batch + 1)
             yield images, labels
+            if batch == start and self._overlap:
+                # Only now: the build holds the GIL (module doc) and the teardown pauses Python too;
+                # at the epoch's start they delayed the boundary's own batch (+50-110 ms measured).
+                self._retire()  # first: the memory of the finished epoch's pipeline goes first
+                self._build_ahead(epoch + 1)
+        if self._reuse and start == 0 and cpt is None:
+            self._kept = self._pipe  # every batch it queued has been handed out
         self._release()
 
     def _to_torch(self, outputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,13 +321,25 @@ class Loader:
             images, labels = owned_copies(outputs, dtype, self._channels_last)
             copied = torch.cuda.Event()
             copied.record()  # on torch's current stream, after the copies
+        t = time.perf_counter()
         self._held.add(outputs, copied)
+        self.clock.gpu_throttle += time.perf_counter() - t
         return images, labels
 
     def _release(self) -> None:
-        # the last reference: DALI joins the pipeline's threads and frees its buffers here (measured:
-        # no reference cycles keep it alive)
+        # The last reference: DALI joins the pipeline's threads and frees its buffers when it goes
+        # (measured: no reference cycles keep it alive). That took 40-110 ms inside the boundary's
+        # next() on the 2-core box, so with a builder thread the pipeline is dropped there, after
+        # the next epoch's first batch (`_retire`): even there it pauses the other Python threads
+        # now and then (measured: up to 8-47 ms at a time).
+        if self._pipe is not None and self._builder is not None:
+            self._retired.append(self._pipe)
         self._pipe = None
+
+    def _retire(self) -> None:
+        """Hand the finished pipelines to the builder thread, to be torn down there."""
+        while self._retired:
+            self._builder.submit(_drop, self._retired.pop())
 
     def _translate(self, error: RuntimeError, epoch: int, batch: int) -> PipelineError:
         found = from_dali(error, list(self._id.shards))

@@ -31,11 +31,24 @@ def default_dtype(device: str) -> str:
     return "float16" if device == "gpu" else "float32"
 
 
+def local_ranks() -> int:
+    """Processes sharing this node: torchrun's LOCAL_WORLD_SIZE, 1 outside torchrun (or if unreadable)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def default_threads(device: str) -> int:
+    """DALI worker threads for one process: the cores this process may use (its CPU affinity), divided
+    among the node's local ranks, each of which runs its own pipelines; at least one. Without the
+    division 8 ranks on a node would each start a thread per core, 8x oversubscribing it. A launcher
+    that already pins each rank to its own cores should pass `num_threads` instead."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // local_ranks())
     # CPU path: one DALI worker per core (decode is the bottleneck); GPU path: the threads only do
     # Huffman decoding and small per-sample work for one GPU.
-    return cores if device == "cpu" else min(cores, 8)
+    return share if device == "cpu" else min(share, 8)
 
 
 def derive_seed(*parts: int) -> int:

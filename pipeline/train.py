@@ -76,8 +76,9 @@ def train_loader(
     num_threads: DALI worker threads [default: one per core on the CPU, up to 8 for a GPU].
     prefetch: batches DALI prepares ahead.
     device_id: the CUDA device [default: torch's current device].
-    overlap_epochs: start the next epoch's pipeline while this epoch's last batches are consumed, so
-      the epoch boundary does not stall the trainer (costs a second pipeline's memory for a moment).
+    overlap_epochs: build and start the next epoch's pipeline on a background thread when this epoch
+      starts, so the epoch boundary does not stall the trainer (costs a second pipeline's memory, its
+      shuffle buffer and `prefetch` batches, through the epoch; see loader.py).
     fancy_upsampling: GPU decode with libjpeg-turbo's chroma upsampling, i.e. the CPU decoder's pixels
       (default); False gives nvJPEG's faster default, for measuring the difference only.
     """

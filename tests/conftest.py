@@ -37,6 +37,27 @@ def sample_shards(sample_src: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out
 
 
+SAMPLE_2010 = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "test_per_class": 3, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def sample2010_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ILSVRC-2010 as published, 3 classes: 12 train + 6 val + 9 test images, the test ground truth,
+    patch_images.tar (one train and one test patch) and gzip members (one train, one val)."""
+    src = tmp_path_factory.mktemp("ilsvrc") / "ILSVRC2010"
+    make_sample(str(src), layout="raw", year=2010, **SAMPLE_2010)
+    return src
+
+
+@pytest.fixture(scope="session")
+def sample2010_shards(sample2010_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards (train, val and test; 8 per shard) of `sample2010_src` with their statistics. Read-only."""
+    out = tmp_path_factory.mktemp("shards2010")
+    run(ShardSettings(src=str(sample2010_src), out=str(out), shard_size=8, workers=1), log=lambda _: None)
+    compute(str(out))
+    return out
+
+
 # --- pipeline/ tests: tiny hand-made shards with known pixels, labels and statistics ---------------
 # Noise images make every crop position and flip identifiable; each sample's label is its global
 # index, so collected labels prove exactly-once coverage. Built once per session; treat as read-only.

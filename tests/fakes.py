@@ -4,11 +4,16 @@ They follow the contract of pipeline.loader.Loader that trainer/train.py relies 
 yields epoch e's batches, `len()` is the batches per epoch, `state()` returns a string that a loader
 built with `checkpoint=` continues from, and rank r of n gets the r-th slice of the global batch, so one
 process with the global batch sees exactly what n processes see together.
+
+At the end, stand-ins one level lower (a DALI pipeline, a CUDA event) for tests of the real Loader.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,3 +131,79 @@ def write_params(run: Any, config: dict[str, Any], world_size: int = 1) -> None:
               "shards": {"train_hash": "f" * 64, "val_hash": "e" * 64, "train_samples": 47,
                          "val_samples": 16, "classes": 4}}
     (run / "params.json").write_text(json.dumps(params))
+
+
+# --- stand-ins for one DALI pipeline and a CUDA event, for tests of pipeline.loader.Loader itself ---
+
+
+class TensorList:
+    """A DALI TensorList stand-in: `as_tensor()` gives the batch (torch tensors speak DLPack)."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self._tensor = tensor
+
+    def as_tensor(self) -> Tensor:
+        return self._tensor
+
+
+class FakePipeline:
+    """The scheduled API of a built DALI pipeline, as the Loader uses it. `outputs()` blocks for
+    `produce` seconds: the host waiting for DALI. Batch i of epoch e holds the value 1000 e + i."""
+
+    def __init__(self, epoch: int, batch_size: int, produce: float) -> None:
+        self.epoch, self.batch_size, self.produce, self.made = epoch, batch_size, produce, 0
+
+    def schedule_run(self) -> None:
+        pass
+
+    def outputs(self, stream: object = None) -> list[TensorList]:
+        time.sleep(self.produce)
+        value = 1000 * self.epoch + self.made
+        self.made += 1
+        return [TensorList(torch.full((self.batch_size, 3, 4, 4), float(value))),
+                TensorList(torch.full((self.batch_size,), value, dtype=torch.int64))]
+
+    def checkpoint(self) -> bytes:
+        return json.dumps({"epoch": self.epoch, "made": self.made}).encode()
+
+
+def fake_pipeline_loader(batches: int, *, batch_size: int = 2, produce: float = 0.0, device: str = "cpu",
+                         overlap_epochs: bool = False, builds: list | None = None) -> Any:
+    """A real pipeline.loader.Loader over FakePipelines of `batches` batches per epoch. `builds` gets
+    (epoch, thread) for every pipeline built."""
+    from pipeline.loader import Identity, Loader
+
+    def build(epoch: int, cpt: bytes | None) -> FakePipeline:
+        if builds is not None:
+            builds.append((epoch, threading.current_thread()))
+        return FakePipeline(epoch, batch_size, produce)
+
+    identity = Identity("train", ("train-000000.tar",), batches * batch_size, 0, batch_size, 0, 1)
+    return Loader(build, identity, device=device, device_id=0 if device == "gpu" else None, dtype="float32",
+                  channels_last=False, checkpoint=None, diagnose=lambda epoch, batch: None, prefetch=2,
+                  overlap_epochs=overlap_epochs)
+
+
+class BusyGpuEvent:
+    """A CUDA event stand-in on a GPU still busy with earlier work: not complete until waited for, and
+    `synchronize()` takes `seconds` (the GPU finishing the queued steps)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.done = seconds, False
+
+    def record(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        time.sleep(self.seconds)
+        self.done = True
+
+
+def fake_cuda(monkeypatch: Any, sync_seconds: float) -> None:
+    """Let the Loader's GPU path run on the CPU: no stream, no device switch, BusyGpuEvent events."""
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", lambda: BusyGpuEvent(sync_seconds))

@@ -25,6 +25,7 @@ def test_print_gives_one_train_command_per_claim() -> None:
         f"alexnet-train {common.format('no-lighting')} --lighting off {extra}",
         f"alexnet-train {common.format('no-dropout')} --dropout 0 {extra}",
         f"alexnet-train {common.format('no-augment')} --augment none {extra}",
+        f"alexnet-train {common.format('tanh')} --activation tanh {extra}",
     ]
 
 

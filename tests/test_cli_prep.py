@@ -255,3 +255,14 @@ def test_sample_into_a_chained_out_url(tmp_path):
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in (tmp_path / "root" / "ilsvrc").iterdir())
     assert "ILSVRC2012_img_train.tar" in names and "ILSVRC2012_devkit_t12.tar.gz" in names
+
+
+def test_sample_year_2010_with_a_test_split(tmp_path):
+    r = _prep("sample", "--out", str(tmp_path / "s"), "--year", "2010", "--classes", "2", "--train-per-class",
+              "4", "--val-per-class", "1", "--test-per-class", "2")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().endswith("8 train + 2 val images + 4 test images")
+    assert (tmp_path / "s" / "ILSVRC2010_images_test.tar").exists()
+    r = _prep("sample", "--out", str(tmp_path / "t"), "--test-per-class", "2")
+    _one_line_error(r, "--test-per-class", "--year 2010")
+    assert not (tmp_path / "t").exists()

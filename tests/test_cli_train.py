@@ -328,7 +328,7 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(demo_run: Path, samp
 # ---- the paper's experiments: switches end to end, §6 ensembles -------------------------------------
 
 SWITCH_FLAGS = ["--norm", "batch", "--pool", "nonoverlap", "--columns", "1", "--dropout", "0.3",
-                "--lighting", "off", "--augment", "none"]
+                "--lighting", "off", "--augment", "none", "--activation", "tanh", "--conv6"]
 
 
 @pytest.mark.slow  # a 1-epoch run (~15 s on 2 cores); the default run checks each piece separately below
@@ -340,7 +340,7 @@ def test_a_run_with_every_switch(sample_shards: Path, tmp_path: Path) -> None:
                    "--no-ten-crop", *SWITCH_FLAGS)
     assert result.exit_code == 0, result.output
     expected = {"norm": "batch", "pool": "nonoverlap", "columns": 1, "dropout": 0.3, "lighting": "off",
-                "augment": "none"}
+                "augment": "none", "activation": "tanh", "conv6": True}
     params = json.loads((run / "params.json").read_text())["config"]
     assert {k: params[k] for k in expected} == expected
     state = checkpoint.load(checkpoint.complete(run)[0])
@@ -348,7 +348,10 @@ def test_a_run_with_every_switch(sample_shards: Path, tmp_path: Path) -> None:
     assert CliRunner().invoke(report_main, [str(run)]).exit_code == 0
     summary = (run / "summary.md").read_text()
     for line in ("`--norm batch` (default `--norm lrn`): §3.3", "`--columns 1` (default `--columns 2`): §3.2",
-                 "`--augment none` (default `--augment full`): §4.1"):
+                 "`--augment none` (default `--augment full`): §4.1",
+                 "`--activation tanh` (default `--activation relu`): §3.1",
+                 "`--conv6` (default `--no-conv6`): §6's sixth conv layer over the last pooling layer; "
+                 "a choice the paper does not specify"):
         assert line in summary
     result = CliRunner().invoke(eval_main, ["--checkpoint", str(run), "--shards", str(sample_shards),
                                             "--batch-size", "8", "--devices", "cpu", "--precision", "fp32",
@@ -363,9 +366,11 @@ def test_a_run_with_every_switch(sample_shards: Path, tmp_path: Path) -> None:
 def test_resume_refuses_a_changed_switch(demo_run: Path, sample_shards: Path) -> None:
     before = snapshot(demo_run)
     for flag, value, saved in (("--norm", "none", "lrn"), ("--columns", "1", "2"),
-                               ("--augment", "none", "full")):
+                               ("--augment", "none", "full"), ("--activation", "tanh", "relu")):
         result = train("--shards", str(sample_shards), "--out", str(demo_run), *DEMO, "--resume", flag, value)
         assert_usage_error(result, f"--resume: {flag} is {value} but the run in {demo_run} used {saved}")
+    result = train("--shards", str(sample_shards), "--out", str(demo_run), *DEMO, "--resume", "--conv6")
+    assert_usage_error(result, f"--resume: --conv6 is True but the run in {demo_run} used False")
     assert snapshot(demo_run) == before
 
 
@@ -379,10 +384,10 @@ def test_eval_rebuilds_the_runs_network(sample_shards: Path, tmp_path: Path) -> 
 
     classes = len(json.loads((sample_shards / "manifest.json").read_text())["classes"])
     cfg = TrainConfig(shards=str(sample_shards), out="", init="kaiming", norm="batch", pool="nonoverlap",
-                      columns=1, dropout=0.3, lighting="off")
+                      columns=1, dropout=0.3, lighting="off", activation="tanh", conv6=True)
     torch.manual_seed(0)
     model = AlexNet(num_classes=classes, devices=("cpu",), init="kaiming", norm="batch", pool="nonoverlap",
-                    columns=1, dropout=0.3)
+                    columns=1, dropout=0.3, activation="tanh", conv6=True)
     path = tmp_path / "step-00000001.pt"
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "num_classes": classes}, path)
     result = CliRunner().invoke(eval_main, ["--checkpoint", str(path), "--shards", str(sample_shards),
@@ -393,7 +398,8 @@ def test_eval_rebuilds_the_runs_network(sample_shards: Path, tmp_path: Path) -> 
     expected = evaluate(model, loader, "cpu")
     assert got["val_samples"] == expected["val_samples"] == 16
     assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
-    overlapping = AlexNet(num_classes=classes, devices=("cpu",), norm="batch", columns=1)
+    overlapping = AlexNet(num_classes=classes, devices=("cpu",), norm="batch", columns=1, activation="tanh",
+                          conv6=True)
     overlapping.load_state_dict(model.state_dict())  # the same weights with the paper's pooling
     assert evaluate(overlapping, loader, "cpu")["val_loss"] != pytest.approx(got["val_loss"], rel=1e-3)
 

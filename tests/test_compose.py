@@ -24,6 +24,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tools import requirements
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
@@ -423,41 +425,42 @@ def test_option_check_catches_typos() -> None:
 # ---------------------------------------------------------------------------------------------
 # The image installs what `make install` (and so CI) installs.
 
-def pip_installs(text: str) -> list[str]:
-    """The arguments of every `pip install` in `text`, without -q and quotes."""
+def install_steps(text: str, python: str) -> list[str]:
+    """The install recipe's commands in `text` (a Makefile recipe or a Dockerfile RUN), each with its
+    interpreter written as `python` and -q dropped, in order."""
     text = text.replace("\\\n", " ")
-    out = []
-    for m in re.finditer(r"pip install ([^&;\n]*)", text):
-        args = [a for a in shlex.split(m.group(1)) if a not in ("-q", "--quiet")]
-        out.append(" ".join(args))
-    return out
+    steps = []
+    step = rf"(?:DALI_CUDA=\S* )?{re.escape(python)} -m (pip install|tools\.\S+)([^&;\n]*)"
+    for m in re.finditer(step, text):
+        args = [a for a in shlex.split(m.group(2)) if a not in ("-q", "--quiet")]
+        steps.append(" ".join([m.group(1), *args]))
+    return steps
 
 
 def test_dockerfile_installs_as_the_makefile_does() -> None:
+    """The same locked steps in the same order, less the Makefile's torch (the image's CUDA torch stays),
+    and DALI's build chosen the same way (tools/dali_build.py, DALI_CUDA overriding)."""
     makefile = (ROOT / "Makefile").read_text()
     dockerfile = DOCKERFILE.read_text()
     recipe = makefile.split("$(BIN)/.installed:", 1)[1].split("\n\n", 1)[0]
-    make_installs = pip_installs(recipe)
-    torch_pin = re.search(r"^TORCH \?= torch==(\S+)", makefile, re.M).group(1)
-    assert "$(TORCH)" in make_installs, "the Makefile's torch step moved: update this test"
-    project = [a for a in make_installs if a != "$(TORCH)"]
-    assert any(".[dev]" in a for a in project), project
-
+    make_steps = install_steps(recipe.replace("$(BIN)/pip ", "$(BIN)/python -m pip "), "$(BIN)/python")
+    assert "pip install $(TORCH)" in make_steps, "the Makefile's torch step moved: update this test"
     code = "\n".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#"))
-    image_installs = pip_installs(code)
-    assert image_installs[:len(project)] == project, \
-        f"Dockerfile installs {image_installs}, the Makefile {project}: keep them the same"
-    extra = image_installs[len(project):]
-    assert extra == ["$DALI"], f"unexpected installs in the Dockerfile: {extra}"
-    assert not any(re.search(r"(^|\s)torch\b", a) for a in image_installs), "the image's CUDA torch must stay"
+    image_steps = install_steps(code, "python")
+    # The Makefile passes its TORCH to the check (it may be overridden); the image checks the lock's pin.
+    expected = [s.replace(' --torch "$(TORCH)"', "").replace(" --torch $(TORCH)", "")
+                for s in make_steps if s != "pip install $(TORCH)"]
+    assert image_steps == expected, f"Dockerfile {image_steps}, Makefile {make_steps}: keep them the same"
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in image_steps
+    assert "tools.dali_build --install" in image_steps
+    assert not any(re.search(r"(^|\s)torch\b", a) for a in image_steps), "the image's CUDA torch must stay"
+    assert 'DALI_CUDA="$DALI_CUDA" python -m tools.dali_build --install' in code
+    assert re.search(r"^ARG DALI_CUDA=$", dockerfile, re.M), "empty: the image's torch picks DALI's build"
 
-    # The base image's torch is the one CI tests with; its CUDA is the one DALI is built for.
+    # The base image's torch is the version the lock pins (what CI tests with).
+    torch_pin = requirements.torch_pin((ROOT / "requirements.lock").read_text()).split("==")[1]
     bases = re.findall(r"pytorch/pytorch:([\d.]+)-cuda(\d+)\.(\d+)-", dockerfile)
-    assert bases and {v for v, _, _ in bases} == {torch_pin}, f"bases {bases}; Makefile's torch {torch_pin}"
-    base = re.search(r"^ARG BASE=pytorch/pytorch:[\d.]+-cuda(\d+)\.(\d+)-\S+$", dockerfile, re.M)
-    dali = re.search(r"^ARG DALI=(\S+)$", dockerfile, re.M).group(1)
-    assert dali == f"nvidia-dali-cuda{base.group(1)}0"
-    assert f'"{dali}' in (ROOT / "pyproject.toml").read_text(), f"pyproject.toml does not depend on {dali}"
+    assert bases and {v for v, _, _ in bases} == {torch_pin}, f"bases {bases}; the lock's torch {torch_pin}"
 
 
 def test_dockerfile_layout() -> None:

@@ -130,3 +130,39 @@ def test_eval_of_a_runs_best_pt(sample_shards: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(eval_main, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["val_samples"] == 16
+
+
+def test_eval_of_the_2010_test_split(sample2010_shards: Path, tmp_path: Path) -> None:
+    """--split test reads the test shards (9 images; val has 6): one model, and an ensemble with ten crops."""
+    from tools import atomic
+    from trainer import checkpoint
+    from trainer.config import TrainConfig
+    from trainer.model import AlexNet
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=3, devices=("cpu",), init="kaiming")
+    checkpoint.save_weights(run / "best.pt", model.state_dict())
+    config = TrainConfig(shards="", out="", init="kaiming").to_dict()
+    atomic.write_json(str(run / "params.json"), {"config": config})
+    common = ["--shards", str(sample2010_shards), "--devices", "cpu", "--precision", "fp32", "--no-progress"]
+    one = ["--checkpoint", str(run / "best.pt"), *common]
+    seen = {}
+    for split in ("val", "test"):
+        result = CliRunner().invoke(eval_main, [*one, "--split", split, "--json"])
+        assert result.exit_code == 0, result.output
+        seen[split] = json.loads(result.output.strip().splitlines()[-1])
+    assert (seen["val"]["val_samples"], seen["test"]["val_samples"]) == (6, 9)
+    assert (seen["val"]["split"], seen["test"]["split"]) == ("val", "test")
+    both = ["--checkpoint", str(run / "best.pt"), *one, "--split", "test", "--ten-crop"]
+    result = CliRunner().invoke(eval_main, both)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "9 test images (10-crop), 2 models:"
+
+
+def test_eval_of_a_split_the_shards_lack(sample_shards: Path) -> None:
+    result = CliRunner().invoke(eval_main, ["--checkpoint", "x", "--shards", str(sample_shards), "--split",
+                                            "test", "--devices", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "--split test:" in result.output and "has no test shards" in result.output

@@ -13,10 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tools import gpu_check
+from tools import dali_build, gpu_check, requirements
 from tools.gpu_check import CPU_SMOKE, GPU, STEPS, Step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,9 +52,34 @@ def test_requirements_are_pyprojects_less_torch() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = [d for d in project["dependencies"] if not d.startswith("torch")]
     assert [r for _, r in gpu_check.REQUIREMENTS] == runtime
-    assert set(gpu_check.TEST_REQUIREMENTS) <= set(project["optional-dependencies"]["dev"])
-    result = gpu_check_run("--requirements")
-    assert result.returncode == 0 and result.stdout.split() == runtime + list(gpu_check.TEST_REQUIREMENTS)
+
+
+@pytest.mark.parametrize(("dali_cuda", "build", "other"), [("12", "cuda120", "cuda130"),
+                                                            ("13", "cuda130", "cuda120")])
+def test_requirements_print_the_locks_for_the_chosen_dali_build(dali_cuda: str, build: str,
+                                                                other: str) -> None:
+    result = gpu_check_run("--requirements", "--python-version", "3.12", DALI_CUDA=dali_cuda)
+    assert result.returncode == 0, result.stderr
+    lock = requirements.parse((ROOT / "requirements.lock").read_text())
+    dali = requirements.parse((ROOT / f"requirements-dali-{build}.lock").read_text())
+    env = requirements.target_env("3.12")
+    expected = [(e.name, e.version, e.hashes) for e in [*lock, *dali] if requirements.applies(e.marker, env)]
+    printed = requirements.parse(result.stdout)
+    assert [(e.name, e.version, e.hashes) for e in printed] == expected
+    assert all(e.marker is None and e.hashes for e in printed)  # pip download --require-hashes takes it
+    names = {e.name for e in printed}
+    assert f"nvidia-dali-{build}" in names and f"nvidia-dali-{other}" not in names and "torch" not in names
+    assert "pytest" in names  # so that `pytest -m gpu` runs on the GPU box too
+
+
+def test_requirements_without_torch_or_dali_cuda_say_what_to_set(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    # find_spec finds this torch first: a module, not a package, as if torch were absent for the reader
+    (shadow / "torch.py").write_text("")
+    result = gpu_check_run("--requirements", PYTHONPATH=str(shadow))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("gpu_check: torch is not installed in ") and "DALI_CUDA" in result.stderr
 
 
 def test_preflight_names_every_missing_import_in_one_line_and_exits_2(tmp_path: Path) -> None:
@@ -74,11 +100,65 @@ def test_preflight_names_every_missing_import_in_one_line_and_exits_2(tmp_path: 
     assert result.stdout == "" and not out.exists()
 
 
-def test_missing_line_for_a_module_whose_import_fails_otherwise() -> None:
+def test_missing_line_for_a_module_whose_import_fails_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DALI_CUDA", "12")  # the line names the build this box gets
     line = gpu_check.missing_line([("nvidia.dali", "OSError: libnvjpeg.so.13: cannot open shared object")])
     assert line == ("missing: nvidia.dali (OSError: libnvjpeg.so.13: cannot open shared object); "
-                    "pip install 'nvidia-dali-cuda130>=2.0' "
+                    "pip install 'nvidia-dali-cuda120>=2.0' "
                     "(without a package index: README.md, 'GPU check')")
+
+
+def _fake_gpu_env(**versions: Any) -> dict[str, Any]:
+    return {"python": "3.12.3", "torch": "2.13.0+cu126", "cuda": "12.6", "cuda_available": True,
+            "gpus": ["NVIDIA H100 80GB HBM3"], "dali": "2.4.0", **versions}
+
+
+@pytest.mark.parametrize(("versions", "expected"), [
+    ({"dali_cuda": 13492, "dali_dists": ["nvidia-dali-cuda130"], "driver_cuda": 12080},
+     "DALI nvidia-dali-cuda130 is built for CUDA 13, but the NVIDIA driver runs CUDA 12.8: pip uninstall -y "
+     "nvidia-dali-cuda130 && pip install --no-deps --require-hashes -r requirements-dali-cuda120.lock "
+     "(or `make install DALI_CUDA=12`), or update the driver to 580 or later"),
+    ({"dali_cuda": 12890, "dali_dists": ["nvidia-dali-cuda120", "nvidia-dali-cuda130"], "driver_cuda": 13000},
+     "DALI: nvidia-dali-cuda120 and nvidia-dali-cuda130 are both installed (they ship the same module): "
+     "uninstall both, then `make install` or `python -m tools.dali_build --install`"),
+])
+def test_preflight_stops_a_dali_build_the_driver_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           versions: dict[str, Any], expected: str) -> None:
+    """Faked versions: what the preflight's child reports on a CUDA 12.8 (570) box with the CUDA 13
+    build, and on a box with both builds. One line, exit 2, nothing written."""
+    monkeypatch.setattr(gpu_check, "preflight", lambda budget_s: _fake_gpu_env(**versions))
+    out = tmp_path / "check"
+    assert gpu_check.main([str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"gpu_check: {expected}\n" and captured.out == ""
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("versions", [
+    {"dali_cuda": 12890, "dali_dists": ["nvidia-dali-cuda120"], "driver_cuda": 12080},
+    {"dali_cuda": 12890, "dali_dists": ["nvidia-dali-cuda120"], "driver_cuda": 13000},
+    {"dali_cuda": 13492, "dali_dists": ["nvidia-dali-cuda130"], "driver_cuda": 13000},
+])
+def test_preflight_passes_a_dali_build_the_driver_runs(versions: dict[str, Any]) -> None:
+    assert gpu_check.driver_problem(_fake_gpu_env(**versions)) is None
+
+
+def test_the_preflight_child_reports_dalis_build_and_installed_distribution() -> None:
+    """The real child on this box: DALI's CUDA build version as the comparison reads it."""
+    env = gpu_check.preflight(120)
+    assert env["dali_dists"] == [b.dist for b in dali_build.installed()]
+    assert dali_build.cuda_major(env["dali_cuda"]) == dali_build.installed()[0].cuda
+
+
+def test_the_runs_checkpoints_fit_the_train_budget_at_their_measured_cost() -> None:
+    """Each epoch of the check's run writes a full checkpoint and usually best.pt; at the cost measured
+    with the trainer's code (docs/PERFORMANCE.md) they may take at most a third of the step's budget,
+    which also holds the start (imports, CUDA, DALI), the steps, validations and the 10-crop."""
+    per_epoch = gpu_check.CHECKPOINT_S + gpu_check.BEST_S
+    assert GPU.epochs * per_epoch <= GPU.budgets["train"] / 3
+    perf = (ROOT / "docs" / "PERFORMANCE.md").read_text()
+    assert f"{gpu_check.CHECKPOINT_S} s" in perf and f"{gpu_check.BEST_S} s" in perf
 
 
 def test_without_cuda_it_says_so_and_exits_2(tmp_path: Path) -> None:
@@ -145,7 +225,7 @@ def fake_outputs(out: Path, pipeline: float, bf16: float, wait: float) -> None:
         "classes": [f"n{i:08d}" for i in range(20)], "splits": {"train": {"samples": 3199}}}))
     (out / "run").mkdir()
     epochs = [{"kind": "epoch", "step": 25 * e, "images_per_s": 9000.0 + e, "data_wait": 0.01,
-               "val_top1_err": 0.5} for e in range(1, 13)]
+               "val_top1_err": 0.5} for e in range(1, GPU.epochs + 1)]
     final = {"kind": "final", "ten_crop_top1_err": 0.45}
     (out / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*epochs, final]))
 
@@ -170,9 +250,11 @@ def test_table_when_every_target_is_met(tmp_path: Path) -> None:
         "pipeline_dali": "PASS", "train_fp32_data_wait": "PASS", "train_tf32_data_wait": "PASS",
         "train_bf16_synthetic": "PASS", "train_bf16_pipeline": "PASS", "train_bf16_data_wait": "PASS",
         "run_steps": "PASS", "run_val_top1_err": "PASS", "run_ten_crop_top1_err": "PASS"}
-    assert rows["run_steps"]["value"] == 300 and rows["run_steps"]["target"] == "= 300"  # 25 batches x 12
+    planned = 25 * GPU.epochs  # 3,199 images in batches of 128
+    assert rows["run_steps"]["value"] == planned and rows["run_steps"]["target"] == f"= {planned}"
     assert rows["pipeline_dali"]["shown"] == "30,000" and rows["run_data_wait"]["shown"] == "1.0%"
-    assert rows["run_images_per_s"]["value"] == 9006.5  # the median epoch
+    # the median epoch: 9000 + e for epochs 1..N
+    assert rows["run_images_per_s"]["value"] == 9000.0 + (GPU.epochs + 1) / 2
     assert report["verdict"] == "PASS: 9 of 9 targets met" and report["budget_s"] == GPU.total_s
     assert report["budgets"] == {**GPU.budgets, "table": GPU.table_s}
 

@@ -41,9 +41,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def net(dtype: torch.dtype = torch.float32, norm: str = "lrn") -> AlexNet:
+def net(dtype: torch.dtype = torch.float32, norm: str = "lrn", **switches: Any) -> AlexNet:
     torch.manual_seed(0)
-    model = AlexNet(num_classes=CLASSES, devices=("cpu",), init="kaiming", dropout=0.0, norm=norm)
+    model = AlexNet(num_classes=CLASSES, devices=("cpu",), init="kaiming", dropout=0.0, norm=norm, **switches)
     return model.to(dtype)
 
 
@@ -70,8 +70,8 @@ def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.T
     return loss.item()
 
 
-def single(k: int, sgd: str, dtype: torch.dtype) -> dict[str, Any]:
-    model = net(dtype)
+def single(k: int, sgd: str, dtype: torch.dtype, switches: dict[str, Any] | None = None) -> dict[str, Any]:
+    model = net(dtype, **(switches or {}))
     opt = optim.make(sgd, model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images, labels = batch(k, dtype)
     loss = one_step(model, opt, images, labels)
@@ -80,13 +80,14 @@ def single(k: int, sgd: str, dtype: torch.dtype) -> dict[str, Any]:
             "optimizer": opt.state_dict()}
 
 
-def _rank(rank: int, k: int, port: int, sgd: str, dtype: torch.dtype, out: str) -> None:
+def _rank(rank: int, k: int, port: int, sgd: str, dtype: torch.dtype, out: str,
+          switches: dict[str, Any] | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=k)
     try:
         device = torch.device("cpu")
-        model = hybrid.parallelize(net(dtype), hybrid.mesh(k, device), device)
+        model = hybrid.parallelize(net(dtype, **(switches or {})), hybrid.mesh(k, device), device)
         inner = unwrap(model)
         opt = optim.make(sgd, model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         images, labels = batch(k, dtype)
@@ -107,25 +108,27 @@ def _rank(rank: int, k: int, port: int, sgd: str, dtype: torch.dtype, out: str) 
         dist.destroy_process_group()
 
 
-def hybrid_step(k: int, sgd: str, dtype: torch.dtype, tmp: Path) -> dict[str, Any]:
+def hybrid_step(k: int, sgd: str, dtype: torch.dtype, tmp: Path,
+                switches: dict[str, Any] | None = None) -> dict[str, Any]:
     out = tmp / "rank0.pt"
-    mp.spawn(_rank, args=(k, free_port(), sgd, dtype, str(out)), nprocs=k, join=True)
+    mp.spawn(_rank, args=(k, free_port(), sgd, dtype, str(out), switches), nprocs=k, join=True)
     return torch.load(out)
 
 
 # In float64 (tests/tolerance.py): gradients through a ReLU near 0 are not continuous in the rounding.
-@pytest.mark.parametrize(("k", "sgd", "dtype"), [
-    (2, "paper", torch.float64),
-    (2, "torch", torch.float64),
-    pytest.param(4, "paper", torch.float64, marks=pytest.mark.slow),
-    pytest.param(4, "torch", torch.float64, marks=pytest.mark.slow),
+@pytest.mark.parametrize(("k", "sgd", "dtype", "switches"), [
+    (2, "paper", torch.float64, {}),
+    (2, "torch", torch.float64, {}),
+    (2, "paper", torch.float64, {"conv6": True, "activation": "tanh"}),  # §6's conv6 in the trunk, tanh
+    pytest.param(4, "paper", torch.float64, {}, marks=pytest.mark.slow),
+    pytest.param(4, "torch", torch.float64, {}, marks=pytest.mark.slow),
 ])
 def test_hybrid_step_equals_one_process_on_the_global_batch(k: int, sgd: str, dtype: torch.dtype,
-                                                           tmp_path: Path) -> None:
-    want, got = single(k, sgd, dtype), hybrid_step(k, sgd, dtype, tmp_path)
+                                                           switches: dict[str, Any], tmp_path: Path) -> None:
+    want, got = single(k, sgd, dtype, switches), hybrid_step(k, sgd, dtype, tmp_path, switches)
     # The same sums in another order (two half batches, the split fc6/fc7, gloo), bounded from the
     # network's reduction lengths at float64's unit roundoff (tests/tolerance.py).
-    rtol = forward_rtol(net(), passes=2, dtype=dtype)
+    rtol = forward_rtol(net(**switches), passes=2, dtype=dtype)
     assert got["loss"] == pytest.approx(want["loss"], rel=rtol)
     assert got["grads"].keys() == want["grads"].keys()  # today's names: fc6.0.weight, fc6.1.weight, ...
     for name, g in want["grads"].items():

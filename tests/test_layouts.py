@@ -12,6 +12,7 @@ import fsspec
 import pytest
 import scipy.io
 
+from tools.holdout import HoldoutRule, apply
 from tools.layouts import Layout, LayoutError, SourceRef, detect, read_bytes
 from tools.sample import make_sample
 
@@ -58,7 +59,7 @@ def labels(refs: list[SourceRef]) -> dict[str, str]:
 
 def check_common(layout: Layout, summary: dict) -> tuple[list[SourceRef], list[SourceRef]]:
     """What holds for every layout: sorted-wnid classes, counts, sorted keys, train labels."""
-    assert layout.splits() == ["train", "val"]
+    assert layout.splits() == (["train", "val", "test"] if "test" in summary else ["train", "val"])
     wnids = sorted(summary["wnids"])
     assert [(c.index, c.wnid) for c in layout.classes()] == list(enumerate(wnids))
     train, val = layout.samples("train"), layout.samples("val")
@@ -66,9 +67,10 @@ def check_common(layout: Layout, summary: dict) -> tuple[list[SourceRef], list[S
     for refs in (train, val):
         assert [r.key for r in refs] == sorted({r.key for r in refs})
     assert all(r.key.startswith(r.wnid + "_") for r in train)  # train names carry their class
-    by_key = {r.key: r for r in train}
+    by_key = {r.key: r for r in train + val}
     for q in summary["quirks"]:
-        assert by_key[q["key"]].path == q["path"] and by_key[q["key"]].wnid == q["wnid"]
+        if q["split"] != "test":
+            assert by_key[q["key"]].path == q["path"] and by_key[q["key"]].wnid == q["wnid"]
     assert layout.samples("train") == train  # deterministic
     return train, val
 
@@ -78,9 +80,10 @@ def extract(root: Path, ref: SourceRef) -> bytes:
     parts = ref.path.split("/")
     if not parts[0].endswith(".tar"):
         return (root / ref.path).read_bytes()
+    nested = parts[1].endswith(".tar")  # a per-class tar; otherwise a member under folders (val/...)
     with tarfile.open(root / parts[0]) as outer:
-        data = outer.extractfile(parts[1]).read()
-    if len(parts) == 3:
+        data = outer.extractfile(parts[1] if nested else "/".join(parts[1:])).read()
+    if nested:
         with tarfile.open(fileobj=io.BytesIO(data)) as inner:
             data = inner.extractfile(parts[2]).read()
     return data
@@ -335,3 +338,282 @@ def test_read_bytes_reports_a_changed_file(samples: dict, tmp_path: Path) -> Non
         f.truncate(ref.offset + 10)
     with pytest.raises(LayoutError, match=f"{ref.path}: got 10 of {ref.size} bytes"):
         read_bytes(ref)
+
+
+# --- ILSVRC-2010 as published: the test split, patch_images.tar, members under folders ---------
+
+TEST_TRUTH = "ILSVRC2010_test_ground_truth.txt"
+
+
+def meta_ids(root: Path) -> dict[int, str]:
+    """ILSVRC2010_ID -> wnid, read straight from the devkit's meta.mat."""
+    with tarfile.open(root / "ILSVRC2010_devkit-1.0.tar.gz") as tar:
+        meta = next(tar.extractfile(m).read() for m in tar if m.name.endswith("meta.mat"))
+    synsets = scipy.io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+    return {int(s["ILSVRC2010_ID"]): str(s["WNID"]) for s in synsets}
+
+
+def test_raw_2010_test_split_labelled_by_its_ground_truth(samples: dict) -> None:
+    root, summary = samples["raw-2010"]
+    layout = detect(str(root))
+    test = layout.samples("test")
+    ids = meta_ids(root)
+    lines = (root / TEST_TRUTH).read_text().split()
+    assert labels(test) == {f"ILSVRC2010_test_{i:08d}": ids[int(x)] for i, x in enumerate(lines, 1)}
+    assert len(test) == summary["test"] == SMALL["classes"] * SMALL["val_per_class"]
+    for ref in test:
+        assert read_bytes(ref) == extract(root, ref)
+
+
+def test_raw_2010_patches_replace_their_originals(samples: dict) -> None:
+    root, summary = samples["raw-2010"]
+    layout = detect(str(root))
+    refs = {r.key: r for split in ("train", "val", "test") for r in layout.samples(split)}
+    patched = [q for q in summary["quirks"] if q["kind"] == "patched"]
+    assert sorted(q["split"] for q in patched) == ["test", "train"]
+    with tarfile.open(root / "patch_images.tar") as tar:
+        patches = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    for q in patched:
+        ref = refs[q["key"]]
+        member = f"patch_images/{q['split']}/{q['key']}.JPEG"
+        assert ref.path == f"patch_images.tar/{member}" and ref.replaces == q["replaces"]
+        assert read_bytes(ref) == patches[member]
+        assert ref.wnid == q["wnid"]  # the original's label
+    assert sum(bool(r.replaces) for r in refs.values()) == len(patches) == 2
+
+
+@pytest.mark.parametrize("where", ["devkit-folder", "devkit-tar"])
+def test_raw_2010_test_truth_inside_the_devkit(samples: dict, tmp_path: Path, where: str) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    expected = labels(detect(str(root)).samples("test"))
+    truth = (root / TEST_TRUTH).read_bytes()
+    (root / TEST_TRUTH).unlink()
+    if where == "devkit-folder":
+        (root / "devkit-1.0" / "data").mkdir(parents=True)
+        (root / "devkit-1.0" / "data" / TEST_TRUTH).write_bytes(truth)
+    else:
+        devkit = root / "ILSVRC2010_devkit-1.0.tar.gz"
+        with tarfile.open(devkit) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        files[f"devkit-1.0/data/{TEST_TRUTH}"] = truth
+        with tarfile.open(devkit, "w:gz") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert labels(detect(str(root)).samples("test")) == expected
+
+
+def test_raw_2010_test_without_labels_is_refused(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    (root / TEST_TRUTH).unlink()
+    layout = detect(str(root))
+    assert "test" in layout.splits() and layout.unlabelled("test") is not None
+    with pytest.raises(LayoutError) as e:
+        layout.samples("test")
+    message = str(e.value)
+    assert "\n" not in message and "ILSVRC2010_images_test.tar has no labels" in message
+    assert TEST_TRUTH in message and "devkit-1.0/data/" in message
+    assert layout.unlabelled("train") is None and layout.samples("val")
+
+
+def test_raw_2010_two_test_truths_that_differ(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    (root / "devkit-1.0" / "data").mkdir(parents=True)
+    shutil.copy(root / TEST_TRUTH, root / "devkit-1.0" / "data" / TEST_TRUTH)
+    assert detect(str(root)).samples("test")  # identical copies are one truth
+    lines = (root / TEST_TRUTH).read_text().split()
+    (root / "devkit-1.0" / "data" / TEST_TRUTH).write_text("\n".join(lines[::-1]) + "\n")
+    with pytest.raises(LayoutError, match="test ground truths .* differ"):
+        detect(str(root)).samples("test")
+
+
+def add_patch(root: Path, member: str, data: bytes) -> None:
+    with tarfile.open(root / "patch_images.tar") as tar:
+        files = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    with tarfile.open(root / "patch_images.tar", "w") as tar:
+        for name, body in files + [(member, data)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_raw_2010_patch_without_its_original_is_an_error(samples: dict, tmp_path: Path, split: str) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    name = {"train": "n01000000_1", "val": "ILSVRC2010_val_00099999",
+            "test": "ILSVRC2010_test_00099999"}[split]
+    add_patch(root, f"patch_images/{split}/{name}.JPEG", b"\xff\xd8 a patch")
+    with pytest.raises(LayoutError) as e:
+        detect(str(root)).samples(split)
+    message = str(e.value)
+    member = f"patch_images/{split}/{name}.JPEG"
+    assert message.startswith(f"patch_images.tar/{member}: its original {name} is not")
+    assert "\n" not in message
+
+
+def test_raw_2010_patch_outside_a_split_folder(samples: dict, tmp_path: Path) -> None:
+    root, _ = copy(samples, "raw-2010", tmp_path)
+    add_patch(root, "patch_images/extra/x.JPEG", b"\xff\xd8")
+    with pytest.raises(LayoutError, match=r"patch_images/extra/x\.JPEG: not under patch_images/<train"):
+        detect(str(root)).samples("train")
+
+
+def test_raw_2010_val_and_test_members_sit_under_a_folder(samples: dict) -> None:
+    root, _ = samples["raw-2010"]
+    layout = detect(str(root))
+    plain = [r for split in ("val", "test") for r in layout.samples(split) if not r.replaces]
+    assert plain and all(r.path.split("/")[1] in ("val", "test") for r in plain)
+
+
+# --- ImageNet Fall releases: a tar of per-synset tars, words.txt, no devkit, no val -----------------
+
+FALL = {"classes": 4, "train_per_class": 6}
+
+
+@pytest.fixture(scope="module")
+def fall(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("fall") / "fall11"
+    return root, make_sample(str(root), layout="fall", **FALL)
+
+
+def fall_copy(fall: tuple[Path, dict], tmp_path: Path) -> tuple[Path, dict]:
+    src, summary = fall
+    shutil.copytree(src, tmp_path / "fall11")
+    return tmp_path / "fall11", summary
+
+
+def fall_images(tar_path: Path) -> dict[str, tuple[str, bytes]]:
+    """key -> (wnid, bytes) of every image, extracted the ordinary way (independently of layouts)."""
+    images = {}
+    with tarfile.open(tar_path) as outer:
+        for m in outer:
+            with tarfile.open(fileobj=outer.extractfile(m)) as inner:
+                for n in inner:
+                    images[n.name.rsplit(".", 1)[0]] = (m.name[: -len(".tar")], inner.extractfile(n).read())
+    return images
+
+
+def rewrite_fall(tar_path: Path, members: list[tuple[str, bytes]]) -> None:
+    """Rebuild the outer tar with `members` (name, bytes) in the given order."""
+    with tarfile.open(tar_path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def fall_members(tar_path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(tar_path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar]
+
+
+def test_fall_every_image_once_sorted_wnid_labels_words_from_words_txt(fall: tuple[Path, dict]) -> None:
+    root, summary = fall
+    layout = detect(str(root))
+    assert layout.name == "fall" and layout.splits() == ["train"]
+    words = dict(line.split("\t") for line in (root / "words.txt").read_text().splitlines())
+    assert len(words) > FALL["classes"]  # it names synsets the tar lacks; they are not classes
+    wnids = sorted(summary["wnids"])
+    expected = [(i, w, words[w]) for i, w in enumerate(wnids)]
+    assert [(c.index, c.wnid, c.words) for c in layout.classes()] == expected
+    truth = fall_images(root / "fall11_whole.tar")
+    refs = layout.samples("train")
+    assert [r.key for r in refs] == sorted(truth)  # every image once, sorted by key
+    for r in refs:
+        assert (r.wnid, read_bytes(r)) == truth[r.key]
+        assert r.path == f"fall11_whole.tar/{r.wnid}.tar/{r.key}.JPEG"
+    counts = {w: sum(r.wnid == w for r in refs) for w in wnids}
+    assert counts == summary["per_class"] and len(set(counts.values())) > 1  # unequal class sizes
+    with pytest.raises(LayoutError, match="no val split"):
+        layout.samples("val")
+
+
+def test_fall_without_words_txt_names_classes_by_wnid(fall: tuple[Path, dict], tmp_path: Path) -> None:
+    root, summary = fall_copy(fall, tmp_path)
+    (root / "words.txt").unlink()
+    assert [c.words for c in detect(str(root)).classes()] == sorted(summary["wnids"])
+
+
+def test_fall_release_of_another_name_is_recognised_by_its_shape(fall: tuple[Path, dict],
+                                                                 tmp_path: Path) -> None:
+    root, summary = fall_copy(fall, tmp_path)
+    (root / "fall11_whole.tar").rename(root / "winter21_whole.tar")
+    rewrite_fall(root / "notes.tar", [("README", b"not a release")])  # a tar of another shape beside it
+    layout = detect(str(root))
+    assert layout.name == "fall"
+    refs = layout.samples("train")
+    assert len(refs) == summary["train"] and refs[0].path.startswith("winter21_whole.tar/")
+    shutil.copy(root / "winter21_whole.tar", root / "fall09_whole.tar")
+    with pytest.raises(LayoutError, match="several tars of per-synset tars.*keep one"):
+        detect(str(root))
+
+
+def test_fall_gzip_compressed_release_is_refused_in_one_line(fall: tuple[Path, dict], tmp_path: Path) -> None:
+    import gzip
+
+    root, _ = fall_copy(fall, tmp_path)
+    tar = root / "fall11_whole.tar"
+    (root / "winter21_whole.tar.gz").write_bytes(gzip.compress(tar.read_bytes()))
+    tar.unlink()
+    with pytest.raises(LayoutError, match=r"winter21_whole\.tar\.gz: .*cannot be read in place") as e:
+        detect(str(root))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text,line", [
+    ("n00000001\tentity\nn00000002 no tab\n", 2),
+    ("n00000001\tentity\n\nx0000002\tbad wnid\n", 3),
+    ("n00000001\tentity\nn00000001\tagain\n", 2),
+    ("n00000001\t\n", 1),
+])
+def test_fall_malformed_words_txt(fall: tuple[Path, dict], tmp_path: Path, text: str, line: int) -> None:
+    root, _ = fall_copy(fall, tmp_path)
+    (root / "words.txt").write_text(text)
+    with pytest.raises(LayoutError, match=rf"words\.txt: line {line} is .*not 'nXXXXXXXX<TAB>words'|"
+                                          rf"words\.txt: line {line} lists n00000001 a second time") as e:
+        detect(str(root))
+    assert str(e.value).startswith(f"{root}/words.txt: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("README.txt", b"hello", r"fall11_whole\.tar/README\.txt: not a per-synset tar"),
+    ("n09999999.tar", b"\x00garbage" * 100, r"fall11_whole\.tar/n09999999\.tar: not a readable tar"),
+    ("n09999999.tar", b"\x00" * 10240, r"fall11_whole\.tar/n09999999\.tar: holds no images"),
+])
+def test_fall_bad_member(fall: tuple[Path, dict], tmp_path: Path, name: str, data: bytes,
+                         message: str) -> None:
+    root, _ = fall_copy(fall, tmp_path)
+    tar = root / "fall11_whole.tar"
+    rewrite_fall(tar, fall_members(tar) + [(name, data)])
+    with pytest.raises(LayoutError, match=message) as e:
+        detect(str(root)).samples("train")
+    assert "\n" not in str(e.value)
+
+
+def test_fall_member_order_does_not_matter(fall: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = fall_copy(fall, tmp_path)
+    before = [(r.key, r.wnid, read_bytes(r)) for r in detect(str(root)).samples("train")]
+    tar = root / "fall11_whole.tar"
+    rewrite_fall(tar, fall_members(tar)[::-1])
+    after = detect(str(root)).samples("train")
+    assert [(r.key, r.wnid, read_bytes(r)) for r in after] == before
+
+
+def test_fall_extracted_to_train_folders_with_words_txt(fall: tuple[Path, dict], tmp_path: Path) -> None:
+    root, summary = fall
+    copy_root = tmp_path / "fall11-folders"
+    for key, (wnid, data) in fall_images(root / "fall11_whole.tar").items():
+        (copy_root / "train" / wnid).mkdir(parents=True, exist_ok=True)
+        (copy_root / "train" / wnid / f"{key}.JPEG").write_bytes(data)
+    shutil.copy(root / "words.txt", copy_root / "words.txt")
+    layout, tar_layout = detect(str(copy_root)), detect(str(root))
+    assert layout.name == "folders" and layout.splits() == ["train"]
+    assert layout.classes() == tar_layout.classes()
+    assert labels(layout.samples("train")) == labels(tar_layout.samples("train"))
+    # the held-out split depends on (seed, wnid, image name) only, not on how the release is stored
+    rule = HoldoutRule(fraction=0.5, seed=3)
+    assert labels(apply(layout, rule).samples("val")) == labels(apply(tar_layout, rule).samples("val"))
+    (copy_root / "words.txt").write_text("n00000001 no tab\n")
+    with pytest.raises(LayoutError, match=rf"^{copy_root}/words\.txt: line 1 "):
+        detect(str(copy_root))

@@ -8,6 +8,7 @@ lagging torch stream needs a GPU (marked `gpu`).
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 from paper import CROP_SIZE
 from pipeline import PAD_LABEL, train_loader
 from pipeline.loader import HELD_BATCHES, Held, dali_views, owned_copies
+from tests.fakes import fake_pipeline_loader
 
 
 class FakeEvent:
@@ -72,6 +74,37 @@ def test_held_drops_completed_copies_without_waiting_and_drains_on_release():
     last = add(held, event)
     del held  # a loader dropped mid-stream waits for its queued copies first
     assert event.waited and last() is None
+
+
+# --- epochs: the next one is built ahead, off the training thread -------------------------------
+
+
+def values(batches) -> list[int]:
+    return [int(labels[0]) for _, labels in batches]
+
+
+def test_next_epoch_is_built_ahead_on_another_thread_with_the_same_batches():
+    me = threading.current_thread()
+    builds = []
+    ahead = fake_pipeline_loader(3, overlap_epochs=True, builds=builds)
+    epochs = [values(ahead.epoch(e)) for e in (0, 1, 2)]
+    assert epochs == [[0, 1, 2], [1000, 1001, 1002], [2000, 2001, 2002]]
+    # epoch 0 on first use; every later one ahead of its turn, on the builder thread
+    assert builds[0] == (0, me)
+    assert [e for e, _ in builds[1:3]] == [1, 2] and all(t is not me for _, t in builds[1:])
+    inline_builds = []
+    inline = fake_pipeline_loader(3, overlap_epochs=False, builds=inline_builds)
+    assert [values(inline.epoch(e)) for e in (0, 1, 2)] == epochs
+    assert inline_builds == [(0, me), (1, me), (2, me)]
+
+
+def test_an_epoch_out_of_turn_is_built_where_it_is_asked_for():
+    me = threading.current_thread()
+    builds = []
+    loader = fake_pipeline_loader(2, overlap_epochs=True, builds=builds)
+    assert values(loader.epoch(0)) == [0, 1]
+    assert values(loader.epoch(3)) == [3000, 3001]  # epoch 1 was built ahead, and is dropped
+    assert (3, me) in builds and not any(e == 3 and t is not me for e, t in builds)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from torch import nn
 
 import paper
 from tests.tolerance import forward_rtol
+from trainer.hybrid import HybridAlexNet
 from trainer.model import COLS, AlexNet, LocalResponseNorm, map_sizes
 
 BATCH = 2
@@ -535,13 +536,18 @@ def test_column_one_does_not_wait_for_column_zeros_layer(images: torch.Tensor) -
 # The paper's ablations (norm, pool, columns, dropout): each changes exactly what it names.
 
 
-def expected_parameters(columns: int, norm: str, classes: int = paper.NUM_CLASSES) -> int:
+def expected_parameters(columns: int, norm: str, classes: int = paper.NUM_CLASSES,
+                        conv6: bool = False) -> int:
     """Counted by hand from Figure 2 (two columns) and §3.2's footnote (one column), not from the model."""
     if columns == 2:
         # (out, in per kernel, k): conv2/4/5 see their own column (48, 192, 192), conv3 both (256)
         convs = [(96, 3, 11), (256, 48, 5), (384, 256, 3), (384, 192, 3), (256, 192, 3)]
+        sixth = (256, 128, 3)  # our conv6: 3x3, 128 maps per column over its own column's 128 pool5 maps
     else:
         convs = [(48, 3, 11), (128, 48, 5), (192, 128, 3), (192, 192, 3), (256, 192, 3)]
+        sixth = (256, 256, 3)  # one column: conv5's 256 maps in and out
+    if conv6:
+        convs.append(sixth)
     fcs = [(256 * 6 * 6, 4096), (4096, 4096), (4096, classes)]  # full FC layers either way
     count = sum(o * i * k * k + o for o, i, k in convs) + sum(i * o + o for i, o in fcs)
     if norm == "batch":
@@ -677,3 +683,101 @@ def test_bad_switches_fail_early() -> None:
                           ({"dropout": 1.0}, "dropout"), ({"dropout": -0.1}, "dropout")):
         with pytest.raises(ValueError, match=match):
             AlexNet(devices=("cpu",), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# --activation (§3.1, Figure 1) and --conv6 (§6): each changes exactly what it names.
+
+CONV6_TWO_COLUMNS = 2 * (3 * 3 * 128 * 128 + 128)  # 295,168: two columns of 128 3x3 kernels over 128 maps
+
+
+def test_conv6_hand_count() -> None:
+    assert expected_parameters(2, "lrn", conv6=True) - PAPER_PARAMETERS == CONV6_TWO_COLUMNS == 295_168
+    assert expected_parameters(1, "lrn", conv6=True) - 59_798_312 == 3 * 3 * 256 * 256 + 256
+
+
+@pytest.mark.parametrize("columns", [2, 1])
+def test_parameter_count_with_conv6(columns: int) -> None:
+    model = AlexNet(num_classes=6, devices=("cpu",), columns=columns, conv6=True)
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(columns, "lrn", 6, conv6=True)
+
+
+def test_conv6_adds_only_its_own_layer_before_fc6(model: AlexNet) -> None:
+    default = shapes(model)
+    assert not any(k.startswith("conv6") for k in default)  # off: the state dict's names are unchanged
+    assert shapes(AlexNet(devices=("cpu",), conv6=False)) == default
+    six = AlexNet(devices=("cpu",), conv6=True)
+    got = shapes(six)
+    assert {k: v for k, v in got.items() if not k.startswith("conv6")} == default
+    assert {k: v for k, v in got.items() if k.startswith("conv6")} == {
+        "conv6.0.weight": (128, 128, 3, 3), "conv6.0.bias": (128,),
+        "conv6.1.weight": (128, 128, 3, 3), "conv6.1.bias": (128,)}
+    layers = list(dict.fromkeys(k.split(".")[0] for k in got))
+    assert layers == ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8"]  # in order
+    ones = {n.split(".")[0] for n, p in six.named_parameters() if n.endswith("bias") and torch.all(p == 1)}
+    assert ones == {"conv2", "conv4", "conv5", "conv6", "fc6", "fc7"}
+
+
+def test_conv6_sits_over_pool5_within_each_column(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    split = AlexNet(devices=("cpu", "cpu"), init="kaiming", conv6=True).eval()
+    pooled = []
+    handle = split.pool.register_forward_hook(lambda m, i, o: pooled.append(o.detach().clone()))
+    try:
+        seen = run(split, images, capture=["conv6.0", "conv6.1"], inputs=["conv6.0", "conv6.1", "fc6.0"])
+    finally:
+        handle.remove()
+    # The last two pools are pool5 of column 0 and column 1: conv6 of each column reads its own.
+    assert torch.equal(seen["conv6.0:in"], pooled[-2]) and torch.equal(seen["conv6.1:in"], pooled[-1])
+    assert seen["conv6.0"].shape[1:] == (128, 6, 6)
+    flat = torch.cat([seen["conv6.0"].clamp(min=0).flatten(1), seen["conv6.1"].clamp(min=0).flatten(1)], 1)
+    assert torch.equal(seen["fc6.0:in"], flat)  # ReLU, no pooling, then fc6's unchanged 9216 inputs
+    base = run(split, images, capture=["conv6.1"])
+    moved = run(split, images, capture=["conv6.1", "fc6.0"], perturb="conv6.0")
+    assert torch.equal(base["conv6.1"], moved["conv6.1"])  # column 1's conv6 does not see column 0
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_activation_after_every_conv_and_hidden_fc(images: torch.Tensor, activation: str) -> None:
+    # Written from their definitions, not with the model's own functions; tanh t = 1 - 2 / (e^2t + 1).
+    expected = {"relu": lambda t: t.clamp(min=0), "tanh": lambda t: 1 - 2 / ((2 * t).exp() + 1)}
+    f = expected[activation]
+    torch.manual_seed(0)
+    # norm none: each layer's input is then the pooled or plain activation of the layer before
+    split = AlexNet(devices=("cpu", "cpu"), init="kaiming", norm="none", activation=activation,
+                    conv6=True).eval()
+    layers = ["conv1.0", "conv3.1", "conv4.0", "conv5.1", "conv6.1", "fc6.0", "fc6.1", "fc7.1"]
+    inputs = ["conv2.0", "conv4.1", "conv5.0", "fc6.0", "fc7.0", "fc8"]
+    seen = run(split, images, capture=layers, inputs=inputs)
+    tol = {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(seen["conv2.0:in"], split.pool(f(seen["conv1.0"])), **tol)
+    torch.testing.assert_close(seen["conv4.1:in"], f(seen["conv3.1"]), **tol)
+    torch.testing.assert_close(seen["conv5.0:in"], f(seen["conv4.0"]), **tol)
+    torch.testing.assert_close(seen["fc6.0:in"][:, 128 * 36:], f(seen["conv6.1"]).flatten(1), **tol)
+    torch.testing.assert_close(seen["fc7.0:in"], f(torch.cat([seen["fc6.0"], seen["fc6.1"]], 1)), **tol)
+    torch.testing.assert_close(seen["fc8:in"][:, 2048:], f(seen["fc7.1"]), **tol)
+    assert (seen["fc7.0:in"].min() < 0) == (activation == "tanh")  # tanh's outputs go negative
+    assert shapes(split) == shapes(AlexNet(devices=("cpu",), norm="none", conv6=True))  # no new parameters
+
+
+@pytest.mark.parametrize("activation, conv6", [("tanh", True), ("relu", True), ("tanh", False)])
+def test_grouped_and_hybrid_equal_the_two_columns(images: torch.Tensor, activation: str, conv6: bool) -> None:
+    """The three placements of one net: grouped kernels, Figure 2's columns, and the 2014 hybrid's
+    module (fc6/fc7 merged; `parallelize` only splits those two across ranks, tests/test_hybrid.py)."""
+    torch.manual_seed(0)
+    switches = {"dropout": 0.0, "activation": activation, "conv6": conv6}
+    grouped = AlexNet(devices=("cpu",), init="kaiming", **switches).double()
+    split = AlexNet(devices=("cpu", "cpu"), **switches).double()
+    split.load_state_dict(grouped.state_dict())
+    x = images.double()
+    rtol = forward_rtol(grouped, passes=2, dtype=torch.float64)
+    same_training_pass(grouped, split, x, rtol)
+    grouped.eval(), split.eval()
+    hybrid = HybridAlexNet(grouped).eval()
+    with torch.no_grad():
+        close(hybrid(x), split(x), "hybrid logits", rtol)
+
+
+def test_bad_activation_fails_early() -> None:
+    with pytest.raises(ValueError, match="activation"):
+        AlexNet(devices=("cpu",), activation="sigmoid")

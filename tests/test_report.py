@@ -201,3 +201,25 @@ def test_curves_draw_the_train_error_beside_the_val_error(tmp_path: Path,
     (line,) = [ln for ln in err.get_lines() if ln.get_label().startswith("train top-1")]
     assert list(line.get_xdata()) == [1, 2, 3]
     assert [round(y, 6) for y in line.get_ydata()] == [50.0, 40.0, 30.0]
+
+
+def test_the_report_entry_point_imports_no_dali_and_the_benches_are_still_there() -> None:
+    """alexnet-report (trainer.cli:report_main, as the console script and the GPU check import it) used
+    to import DALI through alexnet-bench's command registration: seconds of a 10 s budget for nothing."""
+    import subprocess
+    import sys
+
+    from trainer.cli import bench_main
+
+    code = ("import sys\n"
+            "from trainer.cli import report_main\n"
+            "print(sorted(m for m in ('nvidia.dali', 'pipeline.bench', 'trainer.benchmarks.bench',"
+            " 'trainer.benchmarks.comm') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    listed = CliRunner().invoke(bench_main, ["--help"])
+    assert listed.exit_code == 0
+    assert [line.split()[0] for line in listed.output.split("Commands:")[1].strip().splitlines()] == \
+        ["comm", "pipeline", "train"]

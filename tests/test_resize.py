@@ -167,3 +167,25 @@ def test_reason_for_bytes_that_are_no_image_is_stable_text():
         reasons.add(str(e.value))
     (reason,) = reasons  # the same both times
     assert "0x" not in reason and "object at" not in reason and "not an image" in reason
+
+
+def test_gzip_compressed_jpeg_decodes_as_the_jpeg_inside():
+    """ILSVRC-2010 holds gzip-compressed JPEGs under .JPEG names; they used to be lost as 'not an image'."""
+    import gzip
+
+    data = encode(photo(500, 375))
+    plain, packed = process(data), process(gzip.compress(data, mtime=0))
+    assert packed.jpeg == plain.jpeg and (packed.width, packed.height) == (500, 375)
+
+
+def test_damaged_or_oversized_gzip_is_a_decode_error(monkeypatch):
+    import gzip
+
+    from tools import resize
+
+    packed = gzip.compress(encode(photo(500, 375)), mtime=0)
+    with pytest.raises(DecodeError, match="gzip-compressed, but does not decompress"):
+        decode_rgb(packed[: len(packed) // 2])
+    monkeypatch.setattr(resize, "MAX_GUNZIPPED", 1000)
+    with pytest.raises(DecodeError, match="expands beyond"):
+        decode_rgb(packed)

@@ -189,7 +189,7 @@ def test_content_depends_on_class(tmp_path: Path) -> None:
 
 
 def test_year_2010_names(tmp_path: Path) -> None:
-    summary = make_sample(str(tmp_path), year=2010, classes=3, train_per_class=2, val_per_class=1)
+    summary = make_sample(str(tmp_path), year=2010, classes=3, train_per_class=3, val_per_class=1)
     assert summary["year"] == 2010
     names = {p.name for p in tmp_path.iterdir()}
     assert names >= {
@@ -201,7 +201,74 @@ def test_year_2010_names(tmp_path: Path) -> None:
     assert "devkit-1.0/data/ILSVRC2010_validation_ground_truth.txt" in files
     assert parse_meta(files["devkit-1.0/data/meta.mat"], "meta.mat")[0] == 2010
     with tarfile.open(tmp_path / "ILSVRC2010_images_val.tar") as tar:
-        assert tar.getnames()[0] == "ILSVRC2010_val_00000001.JPEG"
+        assert tar.getnames()[:2] == ["val", "val/ILSVRC2010_val_00000001.JPEG"]  # as published: in val/
+
+
+SMALL_2010 = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "test_per_class": 3, "year": 2010}
+
+
+def is_banner(data: bytes) -> bool:
+    """The blank 'not available' picture: no colour at all."""
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=int)
+    return int((rgb.max(axis=2) - rgb.min(axis=2)).max()) < 16
+
+
+def test_year_2010_as_published(tmp_path: Path) -> None:
+    """Test tar and ground truth, patch_images.tar and gzip members: what the 2010 release holds."""
+    import gzip
+
+    summary = make_sample(str(tmp_path), **SMALL_2010)
+    assert summary["test"] == 9
+    assert {"ILSVRC2010_images_test.tar", "ILSVRC2010_test_ground_truth.txt", "patch_images.tar"} <= {
+        p.name for p in tmp_path.iterdir()}
+    with tarfile.open(tmp_path / "ILSVRC2010_images_test.tar") as tar:
+        test = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    assert sorted(test) == [f"test/ILSVRC2010_test_{i:08d}.JPEG" for i in range(1, 10)]
+    # One ILSVRC2010_ID a line, in test-file order, of a leaf class of meta.mat; not grouped by class.
+    files = devkit_files(tmp_path, "ILSVRC2010_devkit-1.0.tar.gz")
+    _, leaves = parse_meta(files["devkit-1.0/data/meta.mat"], "meta.mat")
+    truth = [int(x) for x in (tmp_path / "ILSVRC2010_test_ground_truth.txt").read_text().split()]
+    assert len(truth) == 9 and set(truth) == set(leaves) and truth != sorted(truth)
+
+    kinds: dict[str, list[dict]] = {}
+    for q in summary["quirks"]:
+        kinds.setdefault(q["kind"], []).append(q)
+    assert sorted(q["split"] for q in kinds["gzip"]) == ["train", "val"]
+    assert sorted(q["split"] for q in kinds["patched"]) == ["test", "train"]
+    images = {**raw_images_2010(tmp_path), **{n.rsplit("/", 1)[1][:-5]: d for n, d in test.items()}}
+    for q in kinds["gzip"]:
+        data = images[q["key"]]
+        assert data[:2] == b"\x1f\x8b" and gzip.decompress(data)[:2] == b"\xff\xd8"
+    with tarfile.open(tmp_path / "patch_images.tar") as tar:
+        patches = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    assert sorted(patches) == sorted(f"patch_images/{q['split']}/{q['key']}.JPEG" for q in kinds["patched"])
+    for q in kinds["patched"]:
+        assert q["path"] == f"patch_images.tar/patch_images/{q['split']}/{q['key']}.JPEG"
+        assert is_banner(images[q["key"]]) and not is_banner(patches[q["path"].split("/", 1)[1]])
+    other = {q["key"] for q in kinds["gzip"] + kinds["truncated"] + kinds["grayscale"]}  # or colourless
+    banners = {k for k, d in images.items() if k not in other and is_banner(d)}
+    assert banners == {q["key"] for q in kinds["patched"]}  # only the patched ones are blank
+    again = tmp_path.parent / "again"
+    assert make_sample(str(again), **SMALL_2010) == summary
+    assert tree(str(again)) == tree(str(tmp_path))
+
+
+def raw_images_2010(root: Path) -> dict[str, bytes]:
+    """key -> bytes of every train and val image of a 2010 sample."""
+    images = {}
+    with tarfile.open(root / "ILSVRC2010_images_train.tar") as outer:
+        for m in outer:
+            with tarfile.open(fileobj=outer.extractfile(m)) as inner:
+                images.update({n.name[:-5]: inner.extractfile(n).read() for n in inner})
+    with tarfile.open(root / "ILSVRC2010_images_val.tar") as val:
+        images.update({n.name.rsplit("/", 1)[1][:-5]: val.extractfile(n).read() for n in val if n.isfile()})
+    return images
+
+
+def test_test_per_class_only_for_2010(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only for year 2010"):
+        make_sample(str(tmp_path), test_per_class=2, **SMALL)
+    assert not any(tmp_path.iterdir())
 
 
 def test_existing_output_policy(tmp_path: Path) -> None:
@@ -234,3 +301,52 @@ def test_bad_parameters(kwargs: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=message):
         make_sample(str(tmp_path), **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+# --- layout="fall": an ImageNet Fall release (a tar of per-synset tars, words.txt) ------------------
+
+FALL = {"layout": "fall", "classes": 4, "train_per_class": 6}
+
+
+def test_fall_shape_words_and_reproducible(tmp_path: Path) -> None:
+    root = tmp_path / "fall"
+    summary = make_sample(str(root), **FALL)
+    assert sorted(p.name for p in root.iterdir()) == [".sample.json", "fall11_whole.tar", "words.txt"]
+    with tarfile.open(root / "fall11_whole.tar") as outer:
+        names = outer.getnames()
+        inner = {m.name: tarfile.open(fileobj=io.BytesIO(outer.extractfile(m).read())).getnames()
+                 for m in outer}
+    assert names == [f"{w}.tar" for w in sorted(summary["wnids"])]  # nothing but per-synset tars
+    for name, members in inner.items():
+        wnid = name[: -len(".tar")]
+        assert members and all(m.startswith(f"{wnid}_") and m.endswith(".JPEG") for m in members)
+    sizes = {name[: -len(".tar")]: len(members) for name, members in inner.items()}
+    assert sizes == summary["per_class"] and sum(sizes.values()) == summary["train"] and summary["val"] == 0
+    n = FALL["train_per_class"]
+    assert all(n - n // 2 <= k <= n for k in sizes.values()) and len(set(sizes.values())) > 1
+    words = dict(line.split("\t") for line in (root / "words.txt").read_text().splitlines())
+    assert set(summary["wnids"]) < set(words) and all(words.values())
+    assert {q["kind"] for q in summary["quirks"]} == set(QUIRKS)
+    assert tree(str(tmp_path / "fall")) == tree(make_sample_at(tmp_path / "again", **FALL))
+    make_sample(str(tmp_path / "bare"), words=False, **FALL)
+    assert not (tmp_path / "bare" / "words.txt").exists()
+    assert (tmp_path / "bare" / "fall11_whole.tar").read_bytes() == (root / "fall11_whole.tar").read_bytes()
+
+
+def make_sample_at(root: Path, **kwargs: object) -> str:
+    make_sample(str(root), **kwargs)
+    return str(root)
+
+
+def test_fall_from_the_command_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tools.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["sample", "--out", str(tmp_path / "f"), "--layout", "fall",
+                                  "--classes", "3", "--train-per-class", "4", "--no-words"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "f" / "fall11_whole.tar").exists() and not (tmp_path / "f" / "words.txt").exists()
+    result = runner.invoke(main, ["sample", "--out", str(tmp_path / "r"), "--no-words"])
+    assert result.exit_code == 1 and "--layout fall" in result.output and not (tmp_path / "r").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -84,6 +85,9 @@ def test_epoch_records_hold_the_train_error(sample_shards: Path, tmp_path: Path,
     assert all(0 <= r["top1_err"] <= 1 for r in steps)
     # The epoch's error is the sample-weighted mean of its intervals' (equal-sized here).
     assert result["train_top1_err"] == pytest.approx(sum(r["top1_err"] for r in steps) / len(steps))
+    # Both input meters in every train and epoch record; no GPU, so nothing held the loop back.
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert epochs and all(0 <= r["data_wait"] < 1 and r["gpu_throttle"] == 0.0 for r in steps + epochs)
 
 
 def test_plateau_policy_drops_at_most_lr_drops_times() -> None:
@@ -178,13 +182,13 @@ def test_config_round_trip() -> None:
 # The paper's ablations: settings, their wiring into the model, the loader and the optimizer.
 
 SWITCHES = {"norm": "batch", "pool": "nonoverlap", "columns": 1, "dropout": 0.0, "lighting": "off",
-            "augment": "none"}
+            "augment": "none", "activation": "tanh", "conv6": True}
 
 
 def test_switch_defaults_are_the_papers_and_old_runs_read_as_such() -> None:
     cfg = TrainConfig(shards="s", out="o")
-    assert (cfg.norm, cfg.pool, cfg.columns, cfg.dropout, cfg.lighting, cfg.augment) == (
-        "lrn", "overlap", 2, paper.DROPOUT, "paper01", "full")
+    assert (cfg.norm, cfg.pool, cfg.columns, cfg.dropout, cfg.lighting, cfg.augment, cfg.activation,
+            cfg.conv6) == ("lrn", "overlap", 2, paper.DROPOUT, "paper01", "full", "relu", False)
     old = {k: v for k, v in cfg.to_dict().items() if k not in SWITCHES}  # params.json before the switches
     assert TrainConfig.from_dict(old) == cfg
     changed = dataclasses.replace(cfg, **SWITCHES)
@@ -195,6 +199,7 @@ def test_switch_defaults_are_the_papers_and_old_runs_read_as_such() -> None:
     ({"norm": "layer"}, "--norm must be one of"), ({"pool": "avg"}, "--pool must be one of"),
     ({"columns": 3}, "--columns must be one of"), ({"dropout": 1.0}, r"--dropout must be in \[0, 1\)"),
     ({"lighting": "on"}, "--lighting must be one of"), ({"augment": "some"}, "--augment must be one of"),
+    ({"activation": "sigmoid"}, "--activation must be one of"),
     ({"columns": 1, "devices": ("cuda:0", "cuda:1")}, "--columns 1 is a one-device network"),
     ({"augment": "none", "lighting": "cuda-convnet"}, "--augment none already turns lighting off"),
 ])
@@ -226,11 +231,29 @@ def test_lighting_and_augment_reach_the_training_loader(monkeypatch, kwargs: dic
     assert seen["val"] == {**startup.loader_args(default, world, ("cpu",)), "crop": "center"}  # untouched
 
 
+def test_validation_loaders_are_made_once_per_run(monkeypatch) -> None:
+    # Each evaluation iterates the same loader again (one pass each), so its DALI pipeline is built
+    # once per run (pipeline/loader.py, reuse_pipeline); before, every epoch made a new loader.
+    import pipeline
+
+    made: list[dict] = []
+    monkeypatch.setattr(pipeline, "train_loader", lambda shards, **kw: object())
+    monkeypatch.setattr(pipeline, "eval_loader", lambda shards, **kw: made.append(kw) or object())
+    cfg = TrainConfig(shards="s", out="o")
+    world = distributed.World(rank=0, size=1, local_rank=0, local_size=1)
+    _, val = build.load_data(cfg, world, ("cpu",))
+    centre = [val(False) for _ in range(3)]
+    ten = [val(True) for _ in range(2)]
+    assert all(v is centre[0] for v in centre) and all(v is ten[0] for v in ten) and ten[0] is not centre[0]
+    assert [kw["crop"] for kw in made] == ["center", "ten"]
+
+
 def test_architecture_switches_reach_the_model() -> None:
     cfg = TrainConfig(shards="s", out="o", channels_last=False, **SWITCHES)
     model = build.build_model(cfg, 6, ("cpu",))
     assert (model.norm, model.columns, model.dropout.p) == ("batch", 1, 0.0)
     assert model.pool.kernel_size == 2 and len(model.conv1) == 1
+    assert model.activation == "tanh" and len(model.conv6) == 1
 
 
 def test_batch_norm_scale_and_shift_are_not_weight_decayed() -> None:
@@ -319,20 +342,39 @@ def test_ensemble_is_the_mean_of_the_members_softmaxes(ten_crop: bool) -> None:
     assert got["ensemble"]["val_loss"] < sum(m["val_loss"] for m in got["members"]) / len(models)
 
 
-def test_ensemble_over_two_ranks_sees_each_image_once(monkeypatch) -> None:
-    """Each rank's [loss, hits, samples] rows (what the all_reduce adds up) sum to one process's."""
+def test_ensemble_over_two_ranks_sees_each_image_once(sample_shards: Path, monkeypatch) -> None:
+    """Two ranks' real evaluation loaders (DALI, shard_id 0 and 1 of 2) over the 16 val images: every
+    image lands on exactly one rank, and each rank's [loss, hits, samples] rows (what the all_reduce
+    adds up) sum to one process's over the whole split."""
+    import pipeline
     from trainer import evaluate as evaluate_module
+
+    def loader(rank: int, ranks: int) -> Any:
+        return pipeline.eval_loader(str(sample_shards), batch_size=6, device="cpu", shard_id=rank,
+                                    num_shards=ranks, mean="channel", dtype="float32")
+
+    def seen(rank: int, ranks: int) -> list[tuple[int, bytes]]:
+        """(label, the image's bytes) of every real position: the image itself, not its order."""
+        return [(int(y), x.numpy().tobytes()) for xs, ys in loader(rank, ranks)
+                for x, y in zip(xs, ys) if y != pipeline.PAD_LABEL]
+
+    whole, halves = seen(0, 1), [seen(0, 2), seen(1, 2)]
+    assert len(whole) == 16 and len(set(whole)) == 16
+    assert sorted(halves[0] + halves[1]) == sorted(whole)  # each image once over the two ranks
+    assert halves[0] and halves[1]
 
     rows: list[torch.Tensor] = []
     monkeypatch.setattr(evaluate_module.distributed, "all_reduce_sum", lambda t: rows.append(t.clone()) or t)
     models = [Patch(seed) for seed in range(2)]
-    evaluate_ensemble(models, fakes.fake_val(11, 2, 7), "cpu")
+    evaluate_ensemble(models, loader(0, 1), "cpu")
     for rank in range(2):
-        evaluate_ensemble(models, fakes.fake_val(11, 2, 7, shard_id=rank, num_shards=2), "cpu")
+        evaluate_ensemble(models, loader(rank, 2), "cpu")
     one, *ranks = rows
-    assert ranks[0][:, 3].tolist() == [6, 6, 6] and ranks[1][:, 3].tolist() == [5, 5, 5]
+    assert one[:, 3].tolist() == [16, 16, 16]
+    assert ranks[0][:, 3].tolist() == [len(halves[0])] * 3 and ranks[1][:, 3].tolist() == [len(halves[1])] * 3
     assert torch.equal((ranks[0] + ranks[1])[:, 1:], one[:, 1:])  # hits and samples: counts, exact
-    torch.testing.assert_close(ranks[0][:, 0] + ranks[1][:, 0], one[:, 0], rtol=1e-6, atol=0)  # fp32 sums
+    # Loss sums of 16 positive float32 terms in another order: at most 16 units of roundoff apart.
+    torch.testing.assert_close(ranks[0][:, 0] + ranks[1][:, 0], one[:, 0], rtol=16 * 2.0**-24, atol=0)
 
 
 @pytest.mark.parametrize("visible, local_rank, local_size, expected", [

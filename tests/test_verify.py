@@ -216,3 +216,19 @@ def test_each_sample_check_finds_exactly_its_planted_defect(shards, defect: str,
     sample_problems = [p for p in problems if p.count(": ") >= 2 and not p.startswith("pca.json")
                        and "manifest says" not in p and "sha256" not in p and "index file" not in p]
     assert sample_problems == [expected.format(key=target["__key__"], label=label)]
+
+
+def test_the_2010_test_split_is_verified(sample2010_shards, tmp_path):
+    shards = tmp_path / "shards2010"
+    shutil.copytree(sample2010_shards, shards)
+    assert _run(shards).exit_code == 0
+    m = json.loads((shards / "manifest.json").read_text())
+    assert [s["name"] for s in m["splits"]["test"]["shards"]] == ["test-000000.tar", "test-000001.tar"]
+    tar = shards / "test-000001.tar"
+    data = bytearray(tar.read_bytes())
+    data[3000] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    (shards / "test-000000.idx").unlink()
+    r = _run(shards)
+    assert r.exit_code == 1 and "test-000001.tar: sha256 differs" in r.output
+    assert "test-000000.tar: index file test-000000.idx missing" in r.output

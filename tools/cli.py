@@ -69,17 +69,24 @@ def main() -> None:
 
 @main.command()
 @click.option("--out", required=True, help="Folder or fsspec URL to write the dataset into.")
-@click.option("--layout", type=click.Choice(["raw", "folders", "kaggle"]), default="raw",
+@click.option("--layout", type=click.Choice(["raw", "folders", "kaggle", "fall"]), default="raw",
               help="raw: the never-extracted ILSVRC downloads; folders: train/<wnid>/, val/<wnid>/; "
-                   "kaggle: ILSVRC/Data/CLS-LOC with LOC_*.csv/txt.")
+                   "kaggle: ILSVRC/Data/CLS-LOC with LOC_*.csv/txt; fall: an ImageNet Fall release "
+                   "(fall11_whole.tar, a tar of per-synset tars; train images only, class sizes vary).")
 @click.option("--classes", type=click.IntRange(2, 1000), default=10, help="Number of classes.")
 @click.option("--train-per-class", type=click.IntRange(1), default=40, help="Training images per class.")
 @click.option("--val-per-class", type=click.IntRange(1), default=10, help="Validation images per class.")
 @click.option("--seed", type=SEED, default=0, help="Same seed, byte-identical files.")
 @click.option("--year", type=click.Choice(["2012", "2010"]), default="2012",
-              help="Devkit and file names of this ILSVRC year (raw layout only).")
+              help="Devkit and file names of this ILSVRC year (raw layout only). 2010 as published: "
+                   "a test split with its ground truth, patch_images.tar, gzip-compressed members.")
+@click.option("--test-per-class", type=click.IntRange(1), default=None,
+              help="Test images per class (--year 2010) [default: --val-per-class].")
+@click.option("--words/--no-words", default=True,
+              help="--layout fall: write ImageNet's words.txt beside the tar (else classes are named "
+                   "by wnid).")
 def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_class: int, seed: int,
-           year: str) -> None:
+           year: str, test_per_class: int | None, words: bool) -> None:
     """Write a small synthetic dataset in the exact shape of a real ILSVRC copy.
 
     Class-dependent shapes, colours and textures (learnable), ImageNet-like sizes and aspect ratios,
@@ -90,21 +97,33 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
 
     if year == "2010" and layout != "raw":
         _fail("--year 2010 is only available with --layout raw")
+    if test_per_class is not None and year != "2010":
+        _fail("--test-per-class: only ILSVRC-2010 published test labels (--year 2010)")
+    if not words and layout != "fall":
+        _fail("--no-words: only the fall layout has a words.txt (--layout fall)")
     try:
         summary = make_sample(out, layout=layout, classes=classes, train_per_class=train_per_class,
-                              val_per_class=val_per_class, seed=seed, year=int(year))
+                              val_per_class=val_per_class, seed=seed, year=int(year),
+                              test_per_class=test_per_class, words=words)
     except ValueError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"--out {out}: cannot write the sample ({_os_error(e)})")
+    rest = f" + {summary['val']} val images"
+    if "test" in summary:
+        rest += f" + {summary['test']} test images"
+    if layout == "fall":
+        rest = " images (no val: a Fall release has none)"
     click.echo(f"{out}: {summary['layout']} sample, {summary['classes']} classes, "
-               f"{summary['train']} train + {summary['val']} val images")
+               f"{summary['train']} train{rest}")
 
 
 @main.command()
 @click.option("--src", required=True, help="The ILSVRC copy: folder or fsspec URL (layout auto-detected).")
 @click.option("--out", default="shards", help="Folder or fsspec URL for the shards.")
-@click.option("--split", "splits", default="train,val", help="Comma-separated splits to write.")
+@click.option("--split", "splits", default=None,
+              help="Comma-separated splits to write (train, val, test) [default: every split of --src "
+                   "that has labels].")
 @click.option("--shard-size", type=int, default=None,
               help="Samples per shard [default: 5000: ~125 MB at an estimated ~25 kB per stored "
                    "ImageNet image].")
@@ -119,14 +138,24 @@ def sample(out: str, layout: str, classes: int, train_per_class: int, val_per_cl
 @click.option("--num-nodes", type=int, default=1, help="Machines sharing the work (see --node-rank).")
 @click.option("--node-rank", type=int, default=0,
               help="This machine's share: shards i with i % num-nodes == node-rank; then merge-manifest.")
-def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int | None, seed: int,
+@click.option("--holdout-per-class", type=int, default=None,
+              help="Sources with train only (Fall releases): hold out N images of each class as the val "
+                   "split (at most all but one of a class).")
+@click.option("--holdout-fraction", type=float, default=None,
+              help="As --holdout-per-class, a fraction of each class instead (0.5: Fall 2009's half "
+                   "for training, half for testing).")
+@click.option("--holdout-seed", type=SEED, default=0,
+              help="Seed of the held-out choice, a pure function of (seed, wnid, image name).")
+def shard(src: str, out: str, splits: str | None, shard_size: int | None, quality: int | None, seed: int,
           workers: int, strict: bool, limit_classes: int | None, per_class: int | None, overwrite: bool,
-          num_nodes: int, node_rank: int) -> None:
+          num_nodes: int, node_rank: int, holdout_per_class: int | None, holdout_fraction: float | None,
+          holdout_seed: int) -> None:
     """Resize every image (shorter side 256, centre 256x256 crop) into WebDataset tar shards.
 
     Rerunning the same command after an interruption finishes only what is missing; the shards are
     byte-identical to an uninterrupted run. Undecodable images are skipped and listed in
-    manifest.json. Writes a DALI .idx beside each tar and manifest.json last.
+    manifest.json. Writes a DALI .idx beside each tar, the .huggingface.yaml dataset card and timm's
+    _info.json, and manifest.json last.
     """
     from tools.layouts import LayoutError
     from tools.lock import RunLockedError
@@ -136,11 +165,12 @@ def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int 
 
     settings = ShardSettings(
         src=src.rstrip("/"), out=out.rstrip("/"),
-        splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+        splits=None if splits is None else tuple(s.strip() for s in splits.split(",") if s.strip()),
         shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size,
         quality=DEFAULT_QUALITY if quality is None else quality, seed=seed, workers=workers, strict=strict,
         limit_classes=limit_classes, per_class=per_class, overwrite=overwrite, num_nodes=num_nodes,
-        node_rank=node_rank)
+        node_rank=node_rank, holdout_per_class=holdout_per_class, holdout_fraction=holdout_fraction,
+        holdout_seed=holdout_seed)
     try:
         m = run(settings, log=click.echo)
     except (LayoutError, ShardError, RunLockedError) as e:
@@ -159,8 +189,9 @@ def shard(src: str, out: str, splits: str, shard_size: int | None, quality: int 
 @main.command("merge-manifest")
 @click.option("--shards", default="shards", help="The shard folder all nodes wrote into.")
 def merge_manifest(shards: str) -> None:
-    """Join the manifest.node-R-of-K.json files of a multi-node run into manifest.json."""
-    from tools import atomic, manifest, urls
+    """Join the manifest.node-R-of-K.json files of a multi-node run into manifest.json (and the
+    .huggingface.yaml dataset card and _info.json made from it)."""
+    from tools import atomic, cards, manifest, urls
 
     shards = shards.rstrip("/")
     fs, root = urls.filesystem(shards)
@@ -177,6 +208,7 @@ def merge_manifest(shards: str) -> None:
         merged = manifest.merge(parts)
     except manifest.ManifestError as e:
         _fail(f"{shards}: {e}")
+    cards.write(shards, merged)
     atomic.write_json(urls.join(shards, manifest.MANIFEST), merged)
     click.echo(f"{shards}/manifest.json: " + ", ".join(
         f"{s} {b['samples']} samples in {len(b['shards'])} shards" for s, b in merged["splits"].items()))
@@ -185,10 +217,11 @@ def merge_manifest(shards: str) -> None:
 @main.command()
 @click.option("--shards", default="shards", help="Folder or fsspec URL holding *.tar shards.")
 def index(shards: str) -> None:
-    """Write the DALI index (.idx, wds2idx format) beside every tar in --shards."""
+    """Write the DALI index (.idx, wds2idx format) beside every tar in --shards, and, from its
+    manifest.json, the .huggingface.yaml dataset card (Hugging Face datasets) and _info.json (timm)."""
     from tqdm import tqdm
 
-    from tools import urls
+    from tools import cards, manifest, urls
     from tools.index import write_index
 
     shards = shards.rstrip("/")
@@ -206,6 +239,14 @@ def index(shards: str) -> None:
         except OSError as e:
             _fail(f"{shards}: cannot write the index of {name} ({_os_error(e)})")
     click.echo(f"{shards}: wrote {len(tars)} index files")
+    if not fs.exists(urls.filesystem(urls.join(shards, manifest.MANIFEST))[1]):
+        click.echo(f"{shards}: no {manifest.MANIFEST}, so no {cards.CARD} or {cards.TIMM_INFO} written")
+        return
+    try:
+        written = cards.write(shards, manifest.load(shards))
+    except manifest.ManifestError as e:
+        _fail(str(e))
+    click.echo(f"{shards}: wrote {' and '.join(written)} from {manifest.MANIFEST}")
 
 
 @main.command("pca-stats")

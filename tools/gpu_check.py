@@ -3,7 +3,8 @@
     python -m tools.gpu_check                       # out/gpu-check; under 5 minutes on one H100
     python -m tools.gpu_check /scratch/gpu-check    # another output folder
     python -m tools.gpu_check --cpu-smoke /tmp/gc   # no GPU: the same steps, tiny, on the CPU
-    python -m tools.gpu_check --requirements        # what to install besides torch (`make wheelhouse`)
+    python -m tools.gpu_check --requirements        # the locked wheels besides torch (`make wheelhouse`)
+    DALI_CUDA=12 python -m tools.gpu_check --requirements --python-version 3.12   # for another box
 
 First a preflight imports everything the steps need, in a child process; anything missing ends the
 check with exit 2 and one line naming it, before anything is written. Then each step runs as
@@ -16,7 +17,9 @@ Epochs. The loader builds one DALI pipeline per epoch (~0.15 s of CPU, measured)
 10,000-batch epochs hide that; the sample's 25-batch epochs would not, and the benches would time
 the rebuilds. So they read each train shard --copies times per epoch, enough that their timed batches
 fit in one epoch. The real run keeps the sample's short epochs (and a validation pass and a checkpoint
-after each), so its images/s and data wait are shown without a target.
+after each), so its images/s and data wait are shown without a target. It runs 4 of them: each writes
+a full checkpoint (456 MB with the momentum) and usually best.pt (228 MB), measured at 3.5 s and
+0.7 s on the CPU (CHECKPOINT_S), which over 12 epochs would have taken most of the step's budget.
 
 matplotlib builds its font cache on first use, which took the report step past its budget on a
 fresh environment; every step gets MPLCONFIGDIR=OUTDIR/mplconfig (writable, kept across reruns) and
@@ -53,14 +56,21 @@ ROOT = Path(__file__).resolve().parents[1]  # the repo root: every step runs the
 DEFAULT_OUT = "out/gpu-check"
 
 PIPELINE_MIN = 25_000  # images/s of our loader on one H100 (issue 8's target)
+# The check's run writes, after each epoch, one full checkpoint of its 20-class AlexNet (456 MB: weights
+# and momentum, trainer.checkpoint.save) and, when the val error improved, best.pt (228 MB). The larger
+# medians of two runs (5 and 7 saves) with the trainer's own code on a 2-core AMD EPYC VM under load
+# (docs/PERFORMANCE.md, "Checkpoints").
+CHECKPOINT_S = 3.5
+BEST_S = 0.7
 TRAIN_MIN = 20_000  # images/s of training, bf16 + channels-last, batch 128, one H100
 DATA_WAIT_MAX = 0.02  # share of training wall time spent waiting for the next batch
 PRECISIONS = ("fp32", "tf32", "bf16")
 KILL_GRACE_S = 5  # SIGTERM to a step's process group, then SIGKILL this long after
 
-# What the steps import (module, pip requirement); the preflight imports torch first. The requirements
-# are pyproject's runtime dependencies less torch, in its order (tests/test_gpu_check.py holds them
-# equal): torch is the one package a GPU box brings itself, built for its CUDA driver.
+# What the steps import (module, pip requirement); the preflight imports torch first, and DALI last (the
+# build for this box: tools/dali_build.py). The requirements are pyproject's runtime dependencies less
+# torch, in its order (tests/test_gpu_check.py holds them equal): torch is the one package a GPU box
+# brings itself, built for its CUDA driver, and DALI's build follows that driver.
 REQUIREMENTS = (
     ("click", "click>=8.1"),
     ("fsspec", "fsspec>=2023.1"),
@@ -71,13 +81,12 @@ REQUIREMENTS = (
     ("simplejpeg", "simplejpeg>=1.7"),
     ("tqdm", "tqdm>=4.66"),
     ("webdataset", "webdataset>=0.2.86"),
-    ("nvidia.dali", "nvidia-dali-cuda130>=2.0"),
     ("tensorboard", "tensorboard>=2.14"),
     ("matplotlib", "matplotlib>=3.7"),
+    ("safetensors", "safetensors>=0.4"),
 )
 TORCH = ("torch", "the torch build for this machine's CUDA driver")
-# Not needed by the check, but in the wheelhouse so that `pytest -m gpu` runs on the GPU box too.
-TEST_REQUIREMENTS = ("pytest>=8",)
+DALI = "nvidia.dali"
 
 # Runs in a child process (an import that hangs is then killed by the preflight's budget): imports
 # each module named in argv, prints one JSON object: what failed, and the versions for env.json.
@@ -107,6 +116,19 @@ if "torch" in sys.modules:
 for key, module in (("dali", "nvidia.dali"), ("matplotlib", "matplotlib")):
     if module in sys.modules:
         env[key] = getattr(sys.modules[module], "__version__", "?")
+if "nvidia.dali" in sys.modules:  # the CUDA version DALI was built for, packed as 13492 for 13.4.92
+    env["dali_cuda"] = getattr(sys.modules["nvidia.dali"], "__cuda_version__", None)
+    from importlib import metadata
+    env["dali_dists"] = sorted(d.metadata["Name"] for d in metadata.distributions()
+                               if (d.metadata["Name"] or "").startswith("nvidia-dali-cuda"))
+# The newest CUDA the driver runs (12080 = 12.8): cuDriverGetVersion needs no cuInit and no device.
+try:
+    import ctypes
+    version = ctypes.c_int(0)
+    if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version)) == 0:
+        env["driver_cuda"] = version.value
+except OSError:  # no driver on this box
+    pass
 print(json.dumps({"missing": missing, "env": env}))
 """
 
@@ -162,7 +184,9 @@ GPU = Plan(
     pipe_copies=25,  # (b) reads 2 x (10 + 3 x 100) = 620 batches; 25 x 3,199 images = 625 batches
     bench_batch=128, bench_steps=100,
     bench_copies=5,  # 3 warm-up + 100 timed steps; 5 x 3,199 images = 125 batches
-    epochs=12, log_every=25, run_precision="bf16",  # 12 x 25 = 300 steps
+    # 4 x 25 = 100 steps: 4 x (CHECKPOINT_S + BEST_S) = 17 s of checkpoints, where 12 epochs' 50 s
+    # left nothing of the train budget for the ~10 s start, the steps, validations and the 10-crop.
+    epochs=4, log_every=25, run_precision="bf16",
     # Estimates, not yet run on a GPU: each step's process pays ~5-10 s to import torch and DALI and
     # start CUDA before its work. The prep steps at these sizes measured, in CPU seconds on a 2-core
     # Xeon VM: sample 14 (one process), shard 18 (over its workers), verify 2.5, stats 0.4. fonts:
@@ -204,17 +228,49 @@ class Usage(Exception):
 # --- preflight -------------------------------------------------------------------------------------
 
 
-def requirement_lines() -> list[str]:
-    """What to install besides torch, one pip requirement a line (`make wheelhouse` reads it)."""
-    return [req for _, req in REQUIREMENTS] + list(TEST_REQUIREMENTS)
+def requirements_text(python: str | None = None) -> str:
+    """The locked wheels besides torch for this box's DALI build (DALI_CUDA, else this environment's
+    torch) and a Linux x86_64 `python` (default: this one), hash-checked, for `make wheelhouse` and
+    `pip install --require-hashes --no-deps -r`. Raises dali_build.ChoiceError."""
+    from tools import dali_build, requirements
+
+    build = dali_build.for_box()
+    python = python or "{}.{}".format(*sys.version_info[:2])
+    return requirements.for_target([ROOT / requirements.MAIN_LOCK, ROOT / build.lock], python)
+
+
+def dali_requirement() -> str | None:
+    """pip's requirement for this box's DALI build; None when neither DALI_CUDA nor torch chooses."""
+    from tools import dali_build
+
+    try:
+        return dali_build.for_box().requirement
+    except dali_build.ChoiceError:
+        return None
+
+
+def driver_problem(env: dict[str, Any]) -> str | None:
+    """One line when the installed DALI build needs a newer driver than this box has (see
+    tools/dali_build.py), from the preflight's env; None when it runs or nothing can be compared."""
+    from tools import dali_build
+
+    dists = env.get("dali_dists") or []
+    if len(dists) > 1:
+        return (f"DALI: {' and '.join(dists)} are both installed (they ship the same module): uninstall "
+                f"both, then `make install` or `python -m tools.dali_build --install`")
+    dist = dists[0] if dists else None
+    return dali_build.driver_problem(env.get("dali_cuda"), env.get("driver_cuda"), dist)
 
 
 def missing_line(missing: Sequence[Sequence[str]]) -> str:
     """One line: what is missing, and the pip command that installs it (torch apart)."""
-    pip = dict(REQUIREMENTS)
+    dali = dali_requirement()
+    pip = {**dict(REQUIREMENTS), **({DALI: dali} if dali else {})}
     parts = ["missing: " + ", ".join(f"{m} ({why})" if why else m for m, why in missing)]
     if any(m == TORCH[0] for m, _ in missing):
         parts.append(f"install {TORCH[1]}")
+    if dali is None and any(m == DALI for m, _ in missing):  # without torch, the driver decides
+        parts.append("then DALI's build for it (README.md, 'Installing'; or set DALI_CUDA)")
     reqs = [pip[m] for m, _ in missing if m in pip]
     if reqs:
         parts.append("pip install " + " ".join(shlex.quote(r) for r in reqs))
@@ -223,7 +279,7 @@ def missing_line(missing: Sequence[Sequence[str]]) -> str:
 
 def preflight(budget_s: float) -> dict[str, Any]:
     """Import everything the steps need in a child process; return its versions. Raises Usage."""
-    modules = [TORCH[0]] + [m for m, _ in REQUIREMENTS]
+    modules = [TORCH[0]] + [m for m, _ in REQUIREMENTS] + [DALI]
     try:
         child = subprocess.run([sys.executable, "-c", PREFLIGHT, *modules], capture_output=True, text=True,
                                cwd=ROOT, env=step_env(None), timeout=budget_s, stdin=subprocess.DEVNULL)
@@ -525,7 +581,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-smoke", action="store_true",
                    help="the same steps, tiny, on the CPU (no GPU needed)")
     p.add_argument("--requirements", action="store_true",
-                   help="print the pip requirements besides torch, one a line, and exit")
+                   help="print the locked requirements besides torch (hashed; DALI: the build DALI_CUDA or "
+                        "this environment's torch picks) and exit")
+    p.add_argument("--python-version", default=None,
+                   help="--requirements: for this Python (3.12) [default: the one running]")
     return p
 
 
@@ -556,7 +615,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     if args.requirements:
-        print("\n".join(requirement_lines()))
+        from tools.dali_build import ChoiceError
+
+        try:
+            print(requirements_text(args.python_version), end="")
+        except ChoiceError as e:
+            print(f"gpu_check: {e}", file=sys.stderr)
+            return 2
         return 0
     plan = CPU_SMOKE if args.cpu_smoke else GPU
     out = Path(args.outdir).resolve()  # relative to the caller's folder; the steps run in ROOT
@@ -569,6 +634,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if plan.mode == "gpu" and not env.get("cuda_available"):
             raise Usage(f"CUDA is not available to {sys.executable} (torch {env.get('torch')} sees no GPU): "
                         "this check needs one; --cpu-smoke runs its steps tiny on the CPU")
+        # Importing DALI never touches the driver: a build for a newer CUDA than the driver's would
+        # pass the imports and fail at the first GPU pipeline, minutes later.
+        problem = driver_problem(env) if plan.mode == "gpu" else None
+        if problem:
+            raise Usage(problem)
     except Usage as e:
         print(f"gpu_check: {e}", file=sys.stderr)
         return 2

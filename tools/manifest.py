@@ -36,6 +36,9 @@ def build(options: dict[str, Any], classes: list[dict[str, Any]], planned: dict[
             "planned_shards": count,
             "samples": sum(r["samples"] for r in recs),
             "skipped": [s for r in recs for s in r["skipped"]],
+            # patch_images.tar members stored in place of their originals; completion records of
+            # runs made before replacements were recorded have no such list.
+            "replaced": sorted((s for r in recs for s in r.get("replaced", [])), key=lambda s: s["key"]),
             "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256", "index", "pixel_sum", "sums")}
                        for r in recs],
         }
@@ -56,7 +59,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for p in parts[1:]:
         if p["options"] != first["options"] or p["classes"] != first["classes"]:
             raise ManifestError("node manifests were made with different options or classes")
-    records = [dict(s, split=split, skipped=[]) for p in parts
+    records = [dict(s, split=split, skipped=[], replaced=[]) for p in parts
                for split, body in p["splits"].items() for s in body["shards"]]
     planned = {split: body["planned_shards"] for split, body in first["splits"].items()}
     merged = build(first["options"], first["classes"], planned, records)
@@ -67,11 +70,22 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         if len(names) != planned[split]:
             raise ManifestError(f"{split}: {len(names)} of {planned[split]} planned shards present; "
                                 "a node has not finished")
-        body["skipped"] = sorted((s for p in parts for s in p["splits"][split]["skipped"]),
+        for field in ("skipped", "replaced"):
+            body[field] = sorted((s for p in parts for s in p["splits"][split].get(field, [])),
                                  key=lambda s: s["key"])
     options = dict(merged["options"], num_nodes=1, node_rank=0)
     merged["options"] = options
+    _merge_holdout(parts, merged)
     return merged
+
+
+def _merge_holdout(parts: list[dict[str, Any]], merged: dict[str, Any]) -> None:
+    """Every node lists the whole source and carves the same held-out split: keep its one record."""
+    records = [p.get("holdout") for p in parts]
+    if any(r != records[0] for r in records[1:]):
+        raise ManifestError("node manifests record different held-out splits (holdout)")
+    if records[0] is not None:
+        merged["holdout"] = records[0]
 
 
 def load(shards: str) -> dict[str, Any]:

@@ -8,6 +8,16 @@ class is one shape x hue x fill texture, drawn at a random position, scale and r
 blotchy background, at ImageNet-like sizes. The real data's awkward files are planted in train
 (see QUIRKS) and listed in the returned summary.
 
+`year=2010` gives the ILSVRC-2010 release as published: train, val and test tars (val and test
+members under a val/ or test/ folder), the devkit, ILSVRC2010_test_ground_truth.txt beside the
+tars, patch_images.tar with corrected versions of images the main tars hold as a blank "not
+available" picture, and gzip-compressed members under .JPEG names (see QUIRKS_2010).
+
+`layout="fall"` gives an ImageNet Fall release as published (fall11_whole.tar: a tar of
+per-synset tars, no devkit, no val split) and, unless `words=False`, ImageNet's words.txt beside it
+(listing a few synsets more than the tar holds, as the real one lists all of WordNet's nouns).
+Class sizes vary, as the real release's do, between half and all of `train_per_class`.
+
 Same parameters -> byte-identical files: every image has its own RNG keyed by (seed, split,
 class, index), tars get a constant mtime and sorted members, and the devkit's gzip and MATLAB
 headers carry no timestamp.
@@ -40,9 +50,9 @@ import scipy.io
 from PIL import Image, ImageChops, ImageDraw
 
 from tools import atomic, urls
-from tools.layouts import RAW_YEARS
+from tools.layouts import FALL_NAMES, PATCHES, RAW_TEST, RAW_YEARS, WORDS
 
-LAYOUTS = ("raw", "folders", "kaggle")
+LAYOUTS = ("raw", "folders", "kaggle", "fall")
 MARKER = ".sample.json"
 TAR_MTIME = 1335830400  # 2012-05-01, roughly when ILSVRC2012 was released; any constant would do
 SHAPES = ("ellipse", "square", "triangle", "diamond", "hexagon", "star", "cross", "ring")
@@ -85,6 +95,10 @@ QUIRKS = {
     "small": (180, 120),
     "extreme-aspect": (1200, 150),
 }
+# ILSVRC-2010's own: planted once in train and once in val ("gzip") or test ("patched"), so each
+# split's reader meets them. "patched": the main tar holds a grey banner, patch_images.tar the image.
+QUIRKS_2010 = {"gzip": (500, 375), "patched": (500, 333)}
+BANNER = (500, 374)  # the blank "not available" picture a patched image stands in for
 GRAIN_SIZE = (1200, 750)  # covers every size above
 TRUNCATE_AT = 0.6  # fraction of the JPEG's bytes kept
 DEVKIT = {  # year -> (folder inside the devkit tar.gz, name of the ID field in meta.mat)
@@ -125,13 +139,18 @@ def make_sample(
     val_per_class: int = 10,
     seed: int = 0,
     year: int = 2012,
+    test_per_class: int | None = None,
+    words: bool = True,
 ) -> dict[str, Any]:
     """Write a synthetic ILSVRC copy to `out` (any fsspec URL); return its summary.
 
     layout: "raw" (tars + devkit, as downloaded), "folders" (train/<wnid>/, val/<wnid>/ and the
-    devkit tar.gz) or "kaggle" (ILSVRC/Data/CLS-LOC/ + LOC_*.csv/txt); year 2010 only with "raw".
+    devkit tar.gz), "kaggle" (ILSVRC/Data/CLS-LOC/ + LOC_*.csv/txt) or "fall" (fall11_whole.tar,
+    train images only, words.txt unless `words` is False); year 2010 only with "raw",
+    and with a test split (`test_per_class` images a class, default `val_per_class`).
     The summary holds the parameters, the image counts, the sorted wnids and, under "quirks",
-    each planted file's kind, key, wnid and path (as `tools.layouts.SourceRef.path` spells it).
+    each planted file's kind, split, key, wnid and path (as `tools.layouts.SourceRef.path` spells
+    it: a patched image's is its patch, and "replaces" names the banner it stands in for).
     """
     params = {
         "layout": layout,
@@ -141,6 +160,14 @@ def make_sample(
         "seed": seed,
         "year": year,
     }
+    if year == 2010:  # only there, so a 2012 sample made before the test split still matches its marker
+        params["test_per_class"] = val_per_class if test_per_class is None else test_per_class
+    elif test_per_class is not None:
+        raise ValueError(f"sample: test images exist only for year 2010, not {year}")
+    if layout == "fall":  # only there, so the markers of the other layouts' samples still match
+        params["words"] = words
+    elif not words:
+        raise ValueError("sample: words=False (no words.txt) applies only to the fall layout")
     _check(params)
     fs, root = urls.filesystem(out)
     root = root.rstrip("/")
@@ -151,8 +178,15 @@ def make_sample(
 
     cls = _classes(classes, seed)
     train, val = _plan(cls, train_per_class, val_per_class, seed, year)
-    write = {"raw": _write_raw, "folders": _write_folders, "kaggle": _write_kaggle}[layout]
-    paths = write(fs, root, cls, train, val, seed, year)
+    test = _plan_2010(cls, train, val, params.get("test_per_class", 0), seed) if year == 2010 else []
+    if layout == "fall":
+        train, val = _vary_class_sizes(cls, train, seed), []
+        paths = _write_fall(fs, root, cls, train, seed, words)
+    elif year == 2010:
+        paths = _write_raw_2010(fs, root, cls, train, val, test, seed)
+    else:
+        write = {"raw": _write_raw, "folders": _write_folders, "kaggle": _write_kaggle}[layout]
+        paths = write(fs, root, cls, train, val, seed, year)
     summary = {
         "layout": layout,
         "year": year,
@@ -160,10 +194,14 @@ def make_sample(
         "classes": classes,
         "train": len(train),
         "val": len(val),
+        **({"test": len(test)} if year == 2010 else {}),
         "wnids": [c.wnid for c in cls],
+        **({"per_class": {c.wnid: sum(im.cls.wnid == c.wnid for im in train) for c in cls}}
+           if layout == "fall" else {}),
         "quirks": [
-            {"kind": im.quirk, "key": im.key, "wnid": im.cls.wnid, "path": paths[im.key]}
-            for im in train
+            {"kind": im.quirk, "split": im.split, "key": im.key, "wnid": im.cls.wnid, "path": paths[im.key],
+             **({"replaces": paths[f"{im.key}:original"]} if im.quirk == "patched" else {})}
+            for im in train + val + test
             if im.quirk
         ],
     }
@@ -184,8 +222,11 @@ def _check(p: dict[str, Any]) -> None:
         raise ValueError(f"sample: seed must be >= 0, not {p['seed']}")
     if p["train_per_class"] < 1 or p["val_per_class"] < 1:
         raise ValueError("sample: train_per_class and val_per_class must be at least 1")
-    if p["classes"] * p["train_per_class"] < len(QUIRKS):
-        raise ValueError(f"sample: need at least {len(QUIRKS)} train images to plant the quirks")
+    planted = len(QUIRKS) + (len(QUIRKS_2010) if p["year"] == 2010 else 0)
+    if p["classes"] * p["train_per_class"] < planted:
+        raise ValueError(f"sample: need at least {planted} train images to plant the quirks")
+    if p.get("test_per_class", 1) < 1:
+        raise ValueError("sample: test_per_class must be at least 1")
 
 
 def _existing(fs: Any, root: str, out: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -251,11 +292,30 @@ def _plan(
     return train, val
 
 
+def _plan_2010(cls: list[_Class], train: list[_Image], val: list[_Image], n_test: int,
+               seed: int) -> list[_Image]:
+    """Plant QUIRKS_2010 (in train after QUIRKS, and at the end of val and test); return test.
+
+    Test numbers 1..N in shuffled class order, as val's."""
+    n_train = len(train) // len(cls)
+    for j, kind in enumerate(QUIRKS_2010, len(QUIRKS)):
+        at = (j % len(cls)) * n_train + j // len(cls)
+        im = train[at]
+        train[at] = _Image(im.split, im.cls, im.key, im.rng_key, kind)
+    order = np.random.default_rng([seed, 6]).permutation(np.repeat(np.arange(len(cls)), n_test))
+    test = [_Image("test", cls[int(c)], f"ILSVRC2010_test_{i:08d}", (seed, 7, i))
+            for i, c in enumerate(order, 1)]
+    for ims, kind in ((val, "gzip"), (test, "patched")):
+        im = ims[-1]
+        ims[-1] = _Image(im.split, im.cls, im.key, im.rng_key, kind)
+    return test
+
+
 def _render(im: _Image) -> tuple[bytes, tuple[int, int, int, int]]:
     """Encoded file bytes and the object's bounding box (x0, y0, x1, y1)."""
     rng = np.random.default_rng(list(im.rng_key))
     if im.quirk:
-        w, h = QUIRKS[im.quirk]
+        w, h = {**QUIRKS, **QUIRKS_2010}[im.quirk]
     else:
         weights = np.array([s[2] for s in SIZES])
         w, h, _ = SIZES[rng.choice(len(SIZES), p=weights / weights.sum())]
@@ -292,7 +352,20 @@ def _render(im: _Image) -> tuple[bytes, tuple[int, int, int, int]]:
     data = buf.getvalue()
     if im.quirk == "truncated":
         data = data[: int(len(data) * TRUNCATE_AT)]
+    elif im.quirk == "gzip":
+        data = gzip.compress(data, mtime=0)  # mtime=0: gzip otherwise stamps the time into its header
     return data, box
+
+
+def _banner() -> bytes:
+    """The blank picture the 2010 tars hold where an image was not available: grey, a frame, words."""
+    img = Image.new("RGB", BANNER, (204, 204, 204))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((150, 137, 350, 237), outline=(153, 153, 153), width=4)
+    draw.text((200, 180), "not available", fill=(102, 102, 102))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 @functools.cache
@@ -366,9 +439,11 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(_tar_member(name, len(data)), io.BytesIO(data))
 
 
-def _tar_bytes(files: list[tuple[str, bytes]]) -> bytes:
+def _tar_bytes(files: list[tuple[str, bytes]], folders: tuple[str, ...] = ()) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for d in folders:
+            tar.addfile(_tar_member(d, 0, is_dir=True))
         for name, data in sorted(files):
             _add(tar, name, data)
     return buf.getvalue()
@@ -477,6 +552,75 @@ def _write_raw(
     atomic.write_bytes(f"{root}/{val_tar}", _tar_bytes(files), fs)
     _write_devkit(fs, f"{root}/{devkit}", cls, val, len(train) // len(cls), seed, year)
     return {im.key: f"{train_tar}/{im.cls.wnid}.tar/{im.key}.JPEG" for im in train}
+
+
+def _write_raw_2010(fs: Any, root: str, cls: list[_Class], train: list[_Image], val: list[_Image],
+                    test: list[_Image], seed: int) -> dict[str, str]:
+    """As `_write_raw`, plus the test tar, its ground truth, patch_images.tar and the 2010 quirks.
+
+    Returns each image's path as the layouts spell it (a patched image's: its patch) and, under
+    "KEY:original", the banner's path in the main tar.
+    """
+    train_tar, val_tar, devkit = RAW_YEARS[2010]
+    test_tar, truth, _ = RAW_TEST[2010]
+    banner, patches, paths = _banner(), [], {}
+    with atomic.atomic_write(f"{root}/{train_tar}", fs) as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as outer:
+            for wnid, group in itertools.groupby(_rendered(train), key=lambda r: r[0].cls.wnid):
+                files = []
+                for im, data, _ in group:
+                    paths[im.key] = f"{train_tar}/{wnid}.tar/{im.key}.JPEG"
+                    files.append((f"{im.key}.JPEG", banner if im.quirk == "patched" else data))
+                    if im.quirk == "patched":
+                        patches.append((f"patch_images/train/{im.key}.JPEG", data))
+                _add(outer, f"{wnid}.tar", _tar_bytes(files))
+    for split, name, ims in (("val", val_tar, val), ("test", test_tar, test)):
+        files = []
+        for im, data, _ in _rendered(ims):
+            paths[im.key] = f"{name}/{split}/{im.key}.JPEG"
+            files.append((f"{split}/{im.key}.JPEG", banner if im.quirk == "patched" else data))
+            if im.quirk == "patched":
+                patches.append((f"patch_images/{split}/{im.key}.JPEG", data))
+        atomic.write_bytes(f"{root}/{name}", _tar_bytes(files, folders=(split,)), fs)
+    for member, _ in patches:
+        key = member.rsplit("/", 1)[1][: -len(".JPEG")]
+        paths[f"{key}:original"], paths[key] = paths[key], f"{PATCHES}/{member}"
+    folders = ("patch_images",) + tuple(f"patch_images/{s}" for s in ("train", "val", "test"))
+    atomic.write_bytes(f"{root}/{PATCHES}", _tar_bytes(patches, folders=folders), fs)
+    _write_devkit(fs, f"{root}/{devkit}", cls, val, len(train) // len(cls), seed, 2010)
+    ids = _meta_mat(cls, len(train) // len(cls), seed, 2010)[1]
+    atomic.write_bytes(f"{root}/{truth}", "".join(f"{ids[im.cls.wnid]}\n" for im in test).encode(), fs)
+    return paths
+
+
+def _vary_class_sizes(cls: list[_Class], train: list[_Image], seed: int) -> list[_Image]:
+    """`train` less 0..n/2 images of each class (never a planted quirk): unequal class sizes, so
+    a held-out split's per-class counts and rounding are exercised."""
+    kept = []
+    for c in cls:
+        ims = [im for im in train if im.cls.wnid == c.wnid]
+        drop = int(np.random.default_rng([seed, 8, c.index]).integers(0, len(ims) // 2 + 1))
+        plain = [im.key for im in ims if not im.quirk]
+        gone = set(plain[max(0, len(plain) - drop):]) if drop else set()
+        kept += [im for im in ims if im.key not in gone]
+    return kept
+
+
+def _write_fall(fs: Any, root: str, cls: list[_Class], train: list[_Image], seed: int,
+                words: bool) -> dict[str, str]:
+    """fall11_whole.tar (a tar of per-synset tars, as `_write_raw`'s train tar) and words.txt."""
+    name = FALL_NAMES[0]
+    with atomic.atomic_write(f"{root}/{name}", fs) as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as outer:
+            for wnid, group in itertools.groupby(_rendered(train), key=lambda r: r[0].cls.wnid):
+                _add(outer, f"{wnid}.tar", _tar_bytes([(f"{im.key}.JPEG", data) for im, data, _ in group]))
+    if words:
+        # Synsets the tar lacks, below the classes' id range, as the real list names all of WordNet.
+        extra = np.random.default_rng([seed, 9]).choice(440_000, size=3, replace=False) + 1_000_000
+        entries = {c.wnid: c.words for c in cls} | {f"n{int(i):08d}": "entity, abstraction" for i in extra}
+        text = "".join(f"{w}\t{entries[w]}\n" for w in sorted(entries))
+        atomic.write_bytes(f"{root}/{WORDS}", text.encode(), fs)
+    return {im.key: f"{name}/{im.cls.wnid}.tar/{im.key}.JPEG" for im in train}
 
 
 def _write_loose(fs: Any, root: str, paths: dict[str, str], ims: list[_Image]) -> dict[str, tuple[int, ...]]:

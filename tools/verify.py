@@ -3,7 +3,8 @@
 Checked per shard: size and sha256 against the manifest, the tar reads to its end, the sample
 count, every sample has jpg + cls + lbl + json with consistent labels in range, every JPEG decodes
 completely to 256x256x3, and the DALI index equals the one the tar implies. Across shards: no key
-twice, no tar the manifest does not list, and pca.json made from these very train shards.
+twice, no tar the manifest does not list, pca.json made from these very train shards, and the
+.huggingface.yaml dataset card and timm's _info.json are the ones this manifest makes (tools/cards.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from paper import STORED_SIZE
-from tools import manifest, urls, wds
+from tools import cards, manifest, urls, wds
 from tools.index import build_index, index_path
 from tools.resize import decode_stored
 from tools.statfiles import MEAN_FILE, PCA_FILE, StatFileError, read_mean_image, read_pca
@@ -130,6 +131,7 @@ def verify(shards: str, workers: int = 1) -> list[str]:
         name = p.rsplit("/", 1)[-1]
         if name.endswith(".tar") and name not in listed:
             problems.append(f"{name}: tar not listed in the manifest")
+    problems += cards.check(shards, m)
     if m["splits"].get("train", {}).get("shards"):  # pca-stats needs train shards; val-only has none
         problems += _check_statistics(shards, m)
     return problems

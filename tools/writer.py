@@ -125,16 +125,20 @@ def write_shard(
     """Write one shard (tar, index, pixel sums, then its completion record); return the record.
 
     An image that does not decode is skipped and listed with its reason; a source that cannot be
-    read at all (missing file, I/O error) raises, naming it.
+    read at all (missing file, I/O error) raises, naming it. Every source that replaces another
+    (a patch_images.tar member) is listed under "replaced".
     """
     tar_url = urls.join(out, plan.name)
     sums = PixelSums(per_pixel=plan.split == "train")
     skipped: list[dict[str, str]] = []
+    replaced: list[dict[str, str]] = []
     written = 0
     with atomic.atomic_write(tar_url) as f:
         hashing = atomic.HashingWriter(f)
         with wds.TarWriter(hashing, mtime=TAR_MTIME, encoder=False) as tar:
             for ref in plan.refs:
+                if ref.replaces:
+                    replaced.append({"key": ref.key, "source": ref.path, "replaces": ref.replaces})
                 try:
                     data = read_bytes(ref)
                 except (OSError, ValueError) as e:
@@ -160,6 +164,7 @@ def write_shard(
         "sha256": hashing.sha.hexdigest(),
         "sums": sums.to_json(),
         "skipped": skipped,
+        "replaced": replaced,
         "index": None,
         "pixel_sum": None,
     }
@@ -186,5 +191,9 @@ def finished_record(plan: ShardPlan, out: str) -> dict[str, Any] | None:
     if fs.size(tar_path) != record.get("bytes") or len(record.get("skipped", [])) + record["samples"] != len(
         plan.refs
     ):
+        return None
+    # A patch_images.tar added (or changed) since the shard was written changes no option and no
+    # count, only which bytes the shard must hold: redo the shards whose replacements differ.
+    if [r["key"] for r in record.get("replaced", [])] != [r.key for r in plan.refs if r.replaces]:
         return None
     return record

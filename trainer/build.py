@@ -5,6 +5,7 @@ alexnet-train, the figures and the benchmarks, so all of them build the very sam
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -29,13 +30,14 @@ def augment_args(cfg: TrainConfig) -> dict[str, Any]:
 def load_data(cfg: TrainConfig, world: distributed.World, devices: tuple[str, ...],
               loader_state: str | None = None) -> tuple[Any, Callable[[bool], Iterable[Any]]]:
     """This rank's training loader (continued from `loader_state`, a `Loader.state()` string) and a
-    factory of its validation loaders (centre crop, or ten crops with True)."""
+    factory of its validation loaders (centre crop, or ten crops with True), each made once per run."""
     import pipeline
 
     common = loader_args(cfg, world, devices)
     train = pipeline.train_loader(cfg.shards, seed=cfg.seed, checkpoint=loader_state, **common,
                                   **augment_args(cfg))
 
+    @functools.cache  # one loader, so one DALI pipeline, per crop mode for the whole run
     def val(ten_crop: bool) -> Iterable[Any]:
         return pipeline.eval_loader(cfg.shards, crop="ten" if ten_crop else "center", **common)
 

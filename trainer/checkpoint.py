@@ -130,8 +130,8 @@ def nonfinite_parameter(weights: dict[str, torch.Tensor]) -> str | None:
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A model state dict from a weights file (best.pt, final.pt) or from a full checkpoint (its
-    "model"); raises CheckpointError naming the file."""
+    """A model state dict from a torch weights file (best.pt, final.pt) or from a full checkpoint (its
+    "model"); raises CheckpointError naming the file. weightfile.load_weights reads .safetensors too."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")

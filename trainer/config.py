@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paper
-from trainer.model import COLUMN_CHOICES, INITS, LRN_VARIANTS, NORMS, POOLS
+from trainer.model import ACTIVATIONS, COLUMN_CHOICES, INITS, LRN_VARIANTS, NORMS, POOLS
 from trainer.optim import SGD_VARIANTS  # noqa: F401  (re-exported for the CLI)
 
 PARALLEL_MODES = ("ddp", "hybrid")  # under torchrun: trainer/distributed.py, trainer/hybrid.py
@@ -98,6 +98,8 @@ class TrainConfig:
     dropout: float = paper.DROPOUT  # §4.2: p on fc6 and fc7 outputs
     lighting: str = "paper01"  # §4.1 PCA lighting: "paper01", "cuda-convnet" or "off"
     augment: str = "full"  # §4.1: random crops + flips + lighting, or "none" (centre crop only)
+    activation: str = "relu"  # §3.1 / Figure 1: "relu", or "tanh" after every conv and hidden FC layer
+    conv6: bool = False  # §6: a sixth conv layer over pool5 (its shape is ours: trainer/model.py CONV6_*)
     init_from: str = ""  # weights file (best.pt, final.pt, a checkpoint) to start from: fine-tuning
     # Under torchrun: "ddp" (model replicas, all gradients all-reduced) or "hybrid" (Krizhevsky 2014:
     # conv trunk and fc8 data-parallel, fc6/fc7 split across the ranks; trainer/hybrid.py). The same
@@ -135,7 +137,7 @@ class TrainConfig:
                               ("init", INITS), ("lrn", LRN_VARIANTS), ("mean", MEAN_MODES),
                               ("sgd", SGD_VARIANTS), ("norm", NORMS), ("pool", tuple(POOLS)),
                               ("columns", COLUMN_CHOICES), ("lighting", LIGHTINGS), ("augment", AUGMENTS),
-                              ("parallel", PARALLEL_MODES)):
+                              ("parallel", PARALLEL_MODES), ("activation", tuple(ACTIVATIONS))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{flag(name)} must be one of {', '.join(map(str, allowed))}, "
                                   f"got {getattr(self, name)!r}")
@@ -186,7 +188,7 @@ class TrainConfig:
 # epochs, max_steps, log/checkpoint intervals, devices, precision and compile may change.
 RESUME_MUST_MATCH = ("batch_size", "lr", "momentum", "weight_decay", "lr_policy", "lr_patience",
                      "lr_threshold", "lr_drops", "lr_milestones", "init", "lrn", "mean", "seed", "sgd",
-                     "norm", "pool", "columns", "dropout", "lighting", "augment")
+                     "norm", "pool", "columns", "dropout", "lighting", "augment", "activation", "conv6")
 
 # Why an option can differ from the paper's default; alexnet-report prints these next to the value.
 REASONS = {
@@ -209,6 +211,10 @@ REASONS = {
     "dropout": "§4.2 ablation: dropout probability on fc6/fc7 differs from 0.5",
     "lighting": "§4.1 ablation: PCA lighting off, or cuda-convnet's variant",
     "augment": "§4.1 ablation: no augmentation (centre crop, no flip, no lighting)",
+    "activation": "§3.1 / Figure 1 ablation: tanh instead of ReLU after every conv and hidden FC layer",
+    "conv6": "§6's sixth conv layer over the last pooling layer; a choice the paper does not specify: "
+             "its shape is ours (3x3, 256 maps as 128 per column on its own column's pool5 maps, padding 1, "
+             "the activation, no pooling, bias 1 under paper init; fc6 keeps its 9216 inputs)",
     "init_from": "started from earlier weights (fine-tuning) instead of §5's initialisation",
 }
 

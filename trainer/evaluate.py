@@ -156,10 +156,10 @@ def evaluate_ensemble(models: Sequence[nn.Module], loader: Iterable[Any], device
 def weights_state(path: Any) -> dict[str, Any]:
     """A weights-only file (a run's best.pt or final.pt) as a checkpoint-like state: the settings the
     model needs (LRN variant, switches, input normalisation) come from the run's params.json beside it."""
-    from trainer import checkpoint, startup
+    from trainer import startup, weightfile
     from trainer.config import ConfigError
 
-    weights = checkpoint.load_weights(path)
+    weights = weightfile.load_weights(path)
     if not (path.parent / startup.PARAMS).exists():
         raise ConfigError(f"--checkpoint: {path} holds weights only, and {path.parent / startup.PARAMS} (the "
                           "run's LRN and input normalisation) is not beside it")
@@ -170,13 +170,16 @@ def weights_state(path: Any) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint file (step-*.pt), or a run folder's latest good checkpoint. Raises ConfigError."""
+    """A checkpoint file (step-*.pt), a run's weights (best.pt, final.pt, best/final.safetensors), or a
+    run folder's latest good checkpoint. Raises ConfigError."""
     from pathlib import Path
 
-    from trainer import checkpoint
+    from trainer import checkpoint, weightfile
     from trainer.config import ConfigError
 
     try:
+        if weightfile.is_safetensors(path):  # carries its switches and input normalisation itself
+            return weightfile.load(path).checkpoint_state()
         if Path(path).is_dir():
             found = checkpoint.load_latest(Path(path))
             if found is None:
@@ -191,9 +194,11 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 
 def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = False, batch_size: int = 128,
-         devices: tuple[str, ...] = (), precision: str = "tf32", progress: bool = True) -> dict[str, Any]:
+         devices: tuple[str, ...] = (), precision: str = "tf32", progress: bool = True,
+         split: str = "val") -> dict[str, Any]:
     """`alexnet-eval`: load a checkpoint (file, or a run folder's latest good one) onto `devices`,
-    whatever placement it was trained on, and evaluate it on the val shards. Raises ConfigError.
+    whatever placement it was trained on, and evaluate it on the `split` shards (val, or the test
+    split of ILSVRC-2010, on which the paper's Table 1 is measured). Raises ConfigError.
 
     Several checkpoints: evaluate them as §6's ensemble, returning `evaluate_ensemble`'s dict with
     each member's "checkpoint" path; one checkpoint (a str, or a sequence of one): `evaluate`'s dict.
@@ -215,11 +220,14 @@ def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = Fal
         check_local(p, "--checkpoint")
     devices = placement.replica(devices, world)
     manifest = startup.check_shards(shards)
+    if not manifest["splits"].get(split, {}).get("shards"):
+        raise ConfigError(f"--split {split}: {shards} has no {split} shards (only ILSVRC-2010 has a labelled "
+                          "test split: `alexnet-prep shard` writes it from a source with its ground truth)")
     # The eval loader pads every rank's last batch up to the full batch size, so a batch beyond the
     # split is all padding: --batch-size 100000 on 16 images grew to 12.8 GB. At most the split,
     # rounded up to a multiple of the processes.
-    val_samples = manifest["splits"]["val"]["samples"]
-    batch_size = min(batch_size, -(-val_samples // world.size) * world.size)
+    samples = manifest["splits"][split]["samples"]
+    batch_size = min(batch_size, -(-samples // world.size) * world.size)
     states = [load_checkpoint(p) for p in paths]
     saves = [TrainConfig.from_dict(state["config"]) for state in states]
     for path, state, saved in zip(paths, states, saves, strict=True):
@@ -235,7 +243,7 @@ def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = Fal
     cfg = TrainConfig(shards=shards, out="", batch_size=batch_size, devices=devices, mean=saved.mean,
                       precision=precision, channels_last=False)
     try:
-        loader = pipeline.eval_loader(shards, crop="ten" if ten_crop else "center",
+        loader = pipeline.eval_loader(shards, crop="ten" if ten_crop else "center", split=split,
                                       **startup.loader_args(cfg, world, devices))
     except pipeline.PipelineError as e:
         raise ConfigError(f"--shards: {e}") from e
@@ -257,7 +265,7 @@ def main(checkpoint_path: str | Sequence[str], shards: str, ten_crop: bool = Fal
                 raise ConfigError(f"--checkpoint: {source} does not fit trainer.model.AlexNet "
                                   f"({str(e).strip().splitlines()[0][:200]})") from None
             models.append(model)
-        expected = manifest["splits"]["val"]["samples"]
+        expected = samples
         if len(models) == 1:
             return evaluate(models[0], loader, device, autocast(device), expected=expected,
                             progress=progress and world.main)

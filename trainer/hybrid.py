@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
@@ -69,9 +68,10 @@ class HybridAlexNet(nn.Module):
         self._net = [net]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._net[0].features_grouped(x)
-        x = self.dropout(F.relu(self.fc6(x)))
-        x = self.dropout(F.relu(self.fc7(x)))
+        net = self._net[0]
+        x = net.features_grouped(x)  # conv1-conv5, and conv6 when the net has it
+        x = self.dropout(net.act(self.fc6(x)))  # the net's own non-linearity (--activation)
+        x = self.dropout(net.act(self.fc7(x)))
         return self.fc8(x)
 
     def column_parts(self, name: str) -> list[str]:

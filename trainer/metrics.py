@@ -2,14 +2,17 @@
 
 metrics.jsonl holds one record per line, each with a "kind":
 
-    {"kind": "train", "epoch", "step", "loss", "top1_err", "lr", "images_per_s", "data_wait"}
-                                                                                     every --log-every steps
+    {"kind": "train", "epoch", "step", "loss", "top1_err", "lr", "images_per_s", "data_wait",
+     "gpu_throttle"}                                                                  every --log-every steps
     {"kind": "epoch", "epoch", "step", "train_loss", "train_top1_err", "val_loss", "val_top1_err",
-     "val_top5_err", "val_samples", "lr", "images_per_s", "data_wait", "epoch_s"}   after each epoch
+     "val_top5_err", "val_samples", "lr", "images_per_s", "data_wait", "gpu_throttle", "epoch_s"}
+                                                                                      after each epoch
     {"kind": "final", "epoch", "step", "ten_crop_loss", "ten_crop_top1_err", ...}    after the last epoch
     {"kind": "resume", "step", "epoch", "batch", "checkpoint"}                        when a run continues
 
-"step" counts optimizer steps since the start of the run; "epoch" starts at 0. The train error is that
+"step" counts optimizer steps since the start of the run; "epoch" starts at 0. "data_wait" is the
+share of wall time the loop waited for input, "gpu_throttle" the share the loader was held back by
+the GPU (back-pressure of a GPU-bound run, 0 on the CPU); see DataWait. The train error is that
 of the training forward passes (dropout and augmentation on). TensorBoard (<run>/tb)
 gets the numbers a reader plots (TB_TAGS), against "step", and the run's settings (RunLog.settings).
 """
@@ -39,6 +42,7 @@ TB_TAGS = {
     ("train", "loss"): "loss/train_interval",
     ("train", "images_per_s"): "speed/images_per_s_interval",
     ("train", "data_wait"): "speed/data_wait_interval",
+    ("train", "gpu_throttle"): "speed/gpu_throttle_interval",
     ("train", "top1_err"): "error/train_top1_interval",
     ("epoch", "train_loss"): "loss/train",
     ("epoch", "train_top1_err"): "error/train_top1",
@@ -47,6 +51,7 @@ TB_TAGS = {
     ("epoch", "val_top5_err"): "error/val_top5",
     ("epoch", "images_per_s"): "speed/images_per_s",
     ("epoch", "data_wait"): "speed/data_wait",
+    ("epoch", "gpu_throttle"): "speed/gpu_throttle",
     ("epoch", "epoch_s"): "speed/epoch_s",
     ("epoch", "lr"): "lr",  # the schedulers step once per epoch: the train records' lr adds nothing
     ("final", "ten_crop_loss"): "loss/ten_crop",
@@ -142,31 +147,62 @@ def truncate(run_dir: str | Path, step: int, epochs_done: int) -> None:
 
 
 class DataWait:
-    """Share of wall time spent blocked in the loader's `next()`.
+    """Shares of wall time the training loop spent waiting for input, and held back by the GPU.
 
-    Measured on the host: on a GPU the loop runs ahead of the device, so time waiting here is time
-    the queue of GPU work may drain; a share near 0 means input keeps up.
+    Wrapped around a loader's batches. Where the batches carry an `InputClock` (pipeline.loader: the
+    DALI loader's `epoch()`), only the seconds the loader spent waiting for DALI's outputs count as
+    data wait; the seconds it spent waiting for the GPU to run the copy of a batch HELD_BATCHES back
+    (back-pressure, the normal state of a GPU-bound run) count as GPU throttle. Elsewhere (stand-in
+    loaders, synthetic input) the whole `next()` is data wait. On a GPU the loop runs ahead of the
+    device, so data wait is time the queue of GPU work may drain; a share near 0 means input keeps up.
     """
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.waited = 0.0
+        self.waited = 0.0  # seconds of data wait
+        self.throttled = 0.0  # seconds of GPU back-pressure
+        self._mark = (self.start, 0.0, 0.0)  # (time, waited, throttled) at the last interval()
 
-    def wrap(self, loader: Iterable[T]) -> Iterator[T]:
-        it = iter(loader)
+    def wrap(self, batches: Iterable[T], clock: Any = None) -> Iterator[T]:
+        """`batches`, timed; `clock` (an InputClock) if the iterable does not carry its own."""
+        clock = clock if clock is not None else getattr(batches, "clock", None)
+        it = iter(batches)
         while True:
             t = time.perf_counter()
+            waited, throttled = (clock.data_wait, clock.gpu_throttle) if clock is not None else (0.0, 0.0)
             try:
                 item = next(it)
             except StopIteration:
                 return
             finally:
-                self.waited += time.perf_counter() - t
+                if clock is None:
+                    self.waited += time.perf_counter() - t
+                else:
+                    self.waited += clock.data_wait - waited
+                    self.throttled += clock.gpu_throttle - throttled
             yield item
 
     def share(self) -> float:
+        """Data wait over the wall time since the start."""
+        return self.summary()["data_wait"]
+
+    def summary(self) -> dict[str, float]:
+        """{"data_wait", "gpu_throttle"}: shares of the wall time since the start."""
         elapsed = time.perf_counter() - self.start
-        return self.waited / elapsed if elapsed > 0 else 0.0
+        if elapsed <= 0:
+            return {"data_wait": 0.0, "gpu_throttle": 0.0}
+        return {"data_wait": self.waited / elapsed, "gpu_throttle": self.throttled / elapsed}
+
+    def interval(self) -> dict[str, float]:
+        """{"data_wait", "gpu_throttle"}: shares of the wall time since the last call (or the start)."""
+        now = time.perf_counter()
+        then, waited, throttled = self._mark
+        self._mark = (now, self.waited, self.throttled)
+        elapsed = now - then
+        if elapsed <= 0:
+            return {"data_wait": 0.0, "gpu_throttle": 0.0}
+        return {"data_wait": (self.waited - waited) / elapsed,
+                "gpu_throttle": (self.throttled - throttled) / elapsed}
 
 
 def correct_topk(logits_or_probs: Tensor, labels: Tensor, ks: tuple[int, ...]) -> list[Tensor]:

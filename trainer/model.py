@@ -9,9 +9,10 @@ two GPUs, one GPU and the CPU. Two devices run Figure 2 as drawn (`forward_colum
 runs the same function with one kernel per layer for both columns (`forward_grouped`).
 
 The paper's ablations are keyword arguments whose defaults are the paper's network (`norm`, `pool`,
-`columns`, `dropout`; see AlexNet), so each changes exactly the one thing it names:
+`columns`, `dropout`, `activation`; see AlexNet), so each changes exactly the one thing it names:
 
-    AlexNet(devices=("cuda:0",), norm="none", pool="nonoverlap", columns=1, dropout=0.0)
+    AlexNet(devices=("cuda:0",), norm="none", pool="nonoverlap", columns=1, dropout=0.0, activation="tanh")
+    AlexNet(devices=("cuda:0",), conv6=True)  # §6's sixth conv layer over pool5 (CONV6_* below)
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,17 @@ INITS = ("paper", "kaiming")
 NORMS = ("lrn", "none", "batch")  # §3.3 ablation: LRN, nothing, or BatchNorm in LRN's place
 POOLS = {"overlap": (paper.POOL_KERNEL, paper.POOL_STRIDE), "nonoverlap": (2, 2)}  # §3.4: z=3 vs z=s=2
 COLUMN_CHOICES = (2, 1)  # §3.2: two columns, or the one-column net of the footnote
+# §3.1 / Figure 1: ReLU, or the saturating tanh it is compared against, after every conv and hidden FC layer.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "tanh": torch.tanh}
+
+# §6's "extra sixth convolutional layer over the last pooling layer" has no shape in the paper. Ours:
+# 3x3 kernels, padding 1, as many maps as conv5 (128 per column, 256 in all), each column on its own
+# pool5 maps, then the activation and no pooling. Why: "over the last pooling layer" puts it after
+# pool5; 3x3 pad 1 is conv3-5's shape and keeps pool5's 6x6, and conv5's width keeps fc6's 9216
+# inputs, so fc6-fc8 and every existing name and shape are unchanged; staying within the column, as
+# conv4 and conv5 do, adds no crossing between the GPUs. 2 x (3*3*128*128 + 128) = 295,168 weights.
+CONV6_KERNEL = 3
+CONV6_PADDING = 1
 
 
 def map_sizes(pool: str = "overlap") -> tuple[int, int, int]:
@@ -163,6 +175,11 @@ class AlexNet(nn.Module):
         and 6 pixel maps (`map_sizes`).
     columns: 2 (Figure 2) or 1: §3.2's one-column net (`column_widths`), one device only.
     dropout: p on the outputs of fc6 and fc7 (§4.2: 0.5); 0 turns dropout off.
+    activation: "relu" (§3.1) or "tanh" (Figure 1's comparison), after every conv and hidden FC
+        layer. The init is left as `init` says for both, so the switch changes the non-linearity only.
+    conv6: add §6's sixth conv layer over pool5 (CONV6_KERNEL; `conv6.0`/`conv6.1`, created only
+        when on, so a five-conv net's state dict is unchanged). Its bias starts at 1 under the paper's
+        init, as its neighbours conv4 and conv5 (§5); the paper gives conv6 no init.
 
     Dropout (§4.2, p=0.5 on the outputs of fc6 and fc7) is PyTorch's inverted dropout: kept units are
     scaled by 1/(1-p) = 2 at train time and nothing at test time, which gives the same expected
@@ -179,6 +196,8 @@ class AlexNet(nn.Module):
         pool: str = "overlap",
         columns: int = paper.COLUMNS,
         dropout: float = paper.DROPOUT,
+        activation: str = "relu",
+        conv6: bool = False,
     ) -> None:
         super().__init__()
         if len(devices) not in (1, paper.COLUMNS):
@@ -195,7 +214,10 @@ class AlexNet(nn.Module):
             raise ValueError(f"columns=1 runs on one device, got {devices!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
         self.norm, self.columns = norm, columns
+        self.activation, self.act, self.with_conv6 = activation, ACTIVATIONS[activation], bool(conv6)
         # No parameters, so one instance serves both columns on any device. Built first so a bad
         # lrn_variant fails before 61M weights are allocated.
         self.lrn = LocalResponseNorm(lrn_variant)
@@ -216,6 +238,8 @@ class AlexNet(nn.Module):
             self.conv3 = _columns(lambda: nn.Conv2d(both * c2, c3, k3, padding=p3), columns)
             self.conv4 = _columns(lambda: nn.Conv2d(c3, c4, k4, padding=p4), columns)
             self.conv5 = _columns(lambda: nn.Conv2d(c4, c5, k5, padding=p5), columns)
+            if conv6:  # registered before fc6, so the state dict keeps the layers in forward order
+                self.conv6 = _columns(lambda: nn.Conv2d(c5, c5, CONV6_KERNEL, padding=CONV6_PADDING), columns)
             self.fc6 = _columns(lambda: nn.Linear(both * c5 * side * side, fc), columns)
             self.fc7 = _columns(lambda: nn.Linear(both * fc, fc), columns)
             self.fc8 = nn.Linear(both * fc, num_classes)
@@ -231,16 +255,20 @@ class AlexNet(nn.Module):
         self.grouped = len(devices) == 1
         column_devices = [torch.device(d) for d in devices] * (columns // len(devices))
         for c, device in enumerate(column_devices):
-            for layers in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc6, self.fc7,
-                           *self._bns()):
+            for layers in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, *self._conv6(),
+                           self.fc6, self.fc7, *self._bns()):
                 layers[c].to(device)
         self.fc8.to(column_devices[0])
 
     def _bns(self) -> tuple[nn.ModuleList, ...]:
         return (self.bn1, self.bn2) if self.norm == "batch" else ()
 
+    def _conv6(self) -> tuple[nn.ModuleList, ...]:
+        return (self.conv6,) if self.with_conv6 else ()
+
     def _named_layers(self) -> Iterator[tuple[str, nn.Module]]:
-        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        convs = ("conv1", "conv2", "conv3", "conv4", "conv5", *("conv6",) * self.with_conv6)
+        for name in (*convs, "fc6", "fc7"):
             for layer in getattr(self, name):
                 yield name, layer
         yield "fc8", self.fc8
@@ -252,7 +280,8 @@ class AlexNet(nn.Module):
         for name, layer in self._named_layers():
             if init == "paper":
                 nn.init.normal_(layer.weight, 0.0, paper.INIT_WEIGHT_STD)
-                nn.init.constant_(layer.bias, 1.0 if name in paper.INIT_BIAS_ONE else 0.0)
+                one = name in paper.INIT_BIAS_ONE or name == "conv6"  # conv6: as conv4/conv5 (class doc)
+                nn.init.constant_(layer.bias, 1.0 if one else 0.0)
                 continue
             # torchvision's VGG recipe: He init keeps the ReLU conv stack's activations at unit scale.
             if isinstance(layer, nn.Conv2d):
@@ -303,16 +332,19 @@ class AlexNet(nn.Module):
         here waits on a GPU (no .item(), no sync)."""
         x = [self._move(x, "input", None, c) for c in COLS]
         # §3.3-3.4: ReLU, then response normalisation, then overlapping max-pooling.
-        x = [self.pool(self._normalise(F.relu(self.conv1[c](x[c])), 1, c)) for c in COLS]
-        x = [self.pool(self._normalise(F.relu(self.conv2[c](x[c])), 2, c)) for c in COLS]
+        act = self.act
+        x = [self.pool(self._normalise(act(self.conv1[c](x[c])), 1, c)) for c in COLS]
+        x = [self.pool(self._normalise(act(self.conv2[c](x[c])), 2, c)) for c in COLS]
         x = self._gather(x, "conv3")
-        x = [F.relu(self.conv3[c](x[c])) for c in COLS]
-        x = [F.relu(self.conv4[c](x[c])) for c in COLS]
-        x = [torch.flatten(self.pool(F.relu(self.conv5[c](x[c]))), 1) for c in COLS]
-        x = self._gather(x, "fc6")
-        x = [self.dropout(F.relu(self.fc6[c](x[c]))) for c in COLS]
+        x = [act(self.conv3[c](x[c])) for c in COLS]
+        x = [act(self.conv4[c](x[c])) for c in COLS]
+        x = [self.pool(act(self.conv5[c](x[c]))) for c in COLS]
+        if self.with_conv6:  # over pool5, within each column
+            x = [act(self.conv6[c](x[c])) for c in COLS]
+        x = self._gather([torch.flatten(v, 1) for v in x], "fc6")
+        x = [self.dropout(act(self.fc6[c](x[c]))) for c in COLS]
         x = self._gather(x, "fc7")
-        x = [self.dropout(F.relu(self.fc7[c](x[c]))) for c in COLS]
+        x = [self.dropout(act(self.fc7[c](x[c]))) for c in COLS]
         return self.fc8(self._gather(x, "fc8", dsts=[0])[0])
 
     def forward_grouped(self, x: Tensor) -> Tensor:
@@ -324,18 +356,21 @@ class AlexNet(nn.Module):
         column: the same distribution (independent Bernoulli(0.5) per unit), another RNG sequence.
         """
         x = self.features_grouped(x)
-        x = self.dropout(F.relu(_linear(self.fc6, x)))
-        x = self.dropout(F.relu(_linear(self.fc7, x)))
+        x = self.dropout(self.act(_linear(self.fc6, x)))
+        x = self.dropout(self.act(_linear(self.fc7, x)))
         return self.fc8(x)
 
     def features_grouped(self, x: Tensor) -> Tensor:
-        """The convolutional trunk of `forward_grouped`: images to fc6's 9216 inputs (pool5, flattened).
-        Also the data-parallel part of the 2014 hybrid scheme (trainer/hybrid.py)."""
+        """The convolutional trunk of `forward_grouped`: images to fc6's 9216 inputs (pool5, or conv6
+        over it, flattened). Also the data-parallel part of the 2014 hybrid scheme (trainer/hybrid.py)."""
         x = self._move(x, "input", None, 0)
-        g = self.columns  # 1 for the one-column net: every layer is then a plain one
-        x = self.pool(self._normalise(F.relu(_conv(self.conv1, x, groups=1)), 1))
-        x = self.pool(self._normalise(F.relu(_conv(self.conv2, x, groups=g)), 2))
-        x = F.relu(_conv(self.conv3, x, groups=1))
-        x = F.relu(_conv(self.conv4, x, groups=g))
+        g, act = self.columns, self.act  # g = 1 for the one-column net: every layer is then a plain one
+        x = self.pool(self._normalise(act(_conv(self.conv1, x, groups=1)), 1))
+        x = self.pool(self._normalise(act(_conv(self.conv2, x, groups=g)), 2))
+        x = act(_conv(self.conv3, x, groups=1))
+        x = act(_conv(self.conv4, x, groups=g))
+        x = self.pool(act(_conv(self.conv5, x, groups=g)))
+        if self.with_conv6:
+            x = act(_conv(self.conv6, x, groups=g))
         # Flattening channel by channel keeps column 0's 128 x 6 x 6 values first, as the columns' cat.
-        return torch.flatten(self.pool(F.relu(_conv(self.conv5, x, groups=g))), 1)
+        return torch.flatten(x, 1)

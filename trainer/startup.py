@@ -31,7 +31,7 @@ from torch import Tensor
 from tools import atomic
 from tools import manifest as manifest_lib
 from tools.lock import RunLock, RunLockedError
-from trainer import checkpoint, distributed, metrics
+from trainer import checkpoint, distributed, metrics, weightfile
 from trainer.config import RESUME_MUST_MATCH, ConfigError, TrainConfig, flag
 from trainer.placement import replica
 
@@ -85,7 +85,7 @@ def prepare(cfg: TrainConfig, world: distributed.World | None = None) -> Plan:
     init_weights = None
     if cfg.init_from and not cfg.resume:  # a resumed run continues from its checkpoint instead
         try:
-            init_weights = checkpoint.load_weights(cfg.init_from)
+            init_weights = weightfile.load_weights(cfg.init_from)
         except checkpoint.CheckpointError as e:
             raise ConfigError(f"--init-from: {e}") from e
     return Plan(cfg, world, devices, m, len(m["classes"]), init_weights=init_weights)
@@ -228,7 +228,8 @@ def loader_args(cfg: TrainConfig, world: distributed.World, devices: tuple[str, 
 
 def model_args(cfg: TrainConfig) -> dict[str, Any]:
     """The architecture switches of a run, as AlexNet's keyword arguments (also for alexnet-eval)."""
-    return {"norm": cfg.norm, "pool": cfg.pool, "columns": cfg.columns, "dropout": cfg.dropout}
+    return {"norm": cfg.norm, "pool": cfg.pool, "columns": cfg.columns, "dropout": cfg.dropout,
+            "activation": cfg.activation, "conv6": cfg.conv6}
 
 
 LOCK_NAME = ".lock"  # in the run folder, while a run writes into it

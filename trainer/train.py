@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from trainer import checkpoint, distributed, metrics
+from trainer import checkpoint, distributed, metrics, weightfile
 from trainer.build import (
     build_model,
     load_data,
@@ -56,7 +56,15 @@ from trainer.checkpoint import nonfinite_parameter
 from trainer.config import ConfigError, TrainConfig, paper_differences
 from trainer.evaluate import evaluate
 from trainer.placement import set_precision
-from trainer.startup import Plan, find_resume, hold_run_folder, prepare, shards_identity, write_params
+from trainer.startup import (
+    Plan,
+    find_resume,
+    git_revision,
+    hold_run_folder,
+    prepare,
+    shards_identity,
+    write_params,
+)
 from trainer.state import (
     Position,
     hybrid_model,
@@ -112,7 +120,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     autocast = autocast or (lambda d: torch.autocast(d.type, enabled=False))
     wait = metrics.DataWait()
     pos.pending = pos.pending.to(device)
-    images_done, t_log, wait_log = 0, time.perf_counter(), 0.0
+    images_done, t_log = 0, time.perf_counter()
     # disable= only when asked: tqdm reads TQDM_DISABLE as a default, which an explicit argument overrides.
     bar = tqdm(total=total, initial=pos.batch, desc=f"epoch {pos.epoch}", dynamic_ncols=True, leave=False,
                **({} if progress else {"disable": True}))
@@ -135,8 +143,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                 record = {"kind": "train", "epoch": pos.epoch, "step": pos.step, "loss": loss_sum / n,
                           **_top1_err(hits, n),
                           "lr": optimizer.param_groups[0]["lr"], "images_per_s": images_done / (now - t_log),
-                          "data_wait": (wait.waited - wait_log) / (now - t_log)}
-                images_done, t_log, wait_log = 0, now, wait.waited
+                          **wait.interval()}
+                images_done, t_log = 0, now
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2g}",
                                 img_s=f"{record['images_per_s']:.0f}", wait=f"{record['data_wait']:.0%}")
                 if log:
@@ -149,7 +157,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     pos.pending.zero_()
     pos.add(loss_sum, n, hits)
     epoch_err = {f"train_{k}": v for k, v in _top1_err(pos.hits, pos.samples).items()}
-    return {"train_loss": pos.loss_sum / max(pos.samples, 1), **epoch_err, "data_wait": wait.share()}
+    return {"train_loss": pos.loss_sum / max(pos.samples, 1), **epoch_err, **wait.summary()}
 
 
 def _top1_err(hits: float, n: float) -> dict[str, float]:
@@ -215,6 +223,8 @@ class Run:
     scheduler: Any
     autocast: Callable[[torch.device], AbstractContextManager]
     shards: dict[str, Any]  # shards_identity: what every checkpoint says the run trains on
+    # What best/final.safetensors carry besides the weights (rank 0's): switches, classes, input statistics.
+    file_meta: dict[str, str] = field(default_factory=dict)
     run_log: metrics.RunLog | None = None  # rank 0's
     best: float = math.inf  # the lowest centre-crop val top-1 error so far (best.pt's)
     last: dict[str, Any] = field(default_factory=dict)  # the last epoch's record
@@ -375,7 +385,8 @@ def build(plan: Plan, stop: StopSignals, state: dict[str, Any] | None, pos: Posi
     return Run(plan, stop, torch.device(devices[0]), pos, state,
                mid_epoch=state is not None and pos.batch > 0, train_loader=train_loader,
                val_loader=val_loader, steps_per_epoch=len(train_loader), model=model, eval_net=eval_net,
-               optimizer=optimizer, scheduler=scheduler, autocast=autocast, shards=shards_identity(plan))
+               optimizer=optimizer, scheduler=scheduler, autocast=autocast, shards=shards_identity(plan),
+               file_meta=weightfile.run_metadata(cfg, plan.manifest, git_revision()) if world.main else {})
 
 
 def open_logs(r: Run) -> None:
@@ -443,6 +454,7 @@ def end_epoch(r: Run, train: dict[str, float], epoch_s: float, images_per_s: flo
     r.check_finite(weights)  # validation takes NaN weights too: none may reach best.pt
     if world.main and val["val_top1_err"] < r.best:
         r.best = val["val_top1_err"]
+        weightfile.save(r.out / weightfile.BEST, weights, r.file_meta)
         checkpoint.save_weights(r.out / checkpoint.BEST, weights)
     pos.epoch, pos.batch, pos.loss_sum, pos.samples, pos.hits = pos.epoch + 1, 0, 0.0, 0.0, 0.0
     r.save(weights)
@@ -458,10 +470,11 @@ def finish(r: Run) -> dict[str, Any]:
     cfg, pos, out = r.cfg, r.pos, r.out
     weights = weights_state(r.model)
     if r.world.main:
+        weightfile.save(out / weightfile.FINAL, weights, r.file_meta)
         checkpoint.save_weights(out / checkpoint.FINAL, weights)
         tqdm.write(f"weights: {out / checkpoint.FINAL} (last epoch), {out / checkpoint.BEST} (lowest val "
-                   f"top-1 error, {r.best:.4f}); full checkpoints in {checkpoint.folder(out)}",
-                   file=sys.stderr)
+                   f"top-1 error, {r.best:.4f}), each also as {weightfile.SUFFIX}; full checkpoints in "
+                   f"{checkpoint.folder(out)}", file=sys.stderr)
     if cfg.ten_crop:
         ten = r.validate(True, weights)
         final = {"kind": "final", "epoch": pos.epoch - 1, "step": pos.step,

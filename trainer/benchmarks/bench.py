@@ -7,8 +7,11 @@
     python -m trainer.benchmarks.bench --shards sample/ --precision bf16 --copies 5 --json out/train-bf16.json
 
 Both measurements run the same train step (forward, loss, backward, SGD) in one process, so their
-ratio is the cost of the input: synthetic input is the ceiling, and the data-wait share says how
-much of the pipeline run went to waiting for the next batch. Not a test: numbers vary run to run.
+ratio is the cost of the input: synthetic input is the ceiling (one batch already on the device, in
+the dtype and memory format the loader yields, so the step does the same work), and the data-wait
+share says how much of the pipeline run went to waiting for DALI's next batch. The GPU-throttle
+share is the time the loader was held back by the GPU (a GPU-bound run, see trainer/metrics.py
+DataWait); it is not data wait. Not a test: numbers vary run to run.
 `--json PATH` also writes the figures, with the machine and settings they were measured with.
 `--copies N` reads each train shard N times per epoch, so that a small sample's epoch outlasts the
 timed steps as ImageNet's does (why: `alexnet-bench pipeline --help`, pipeline/bench.py).
@@ -51,9 +54,29 @@ def _sync(devices: tuple[str, ...]) -> None:
             torch.cuda.synchronize(d)
 
 
+def synthetic_batch(cfg: Any, world: Any, devices: tuple[str, ...], num_classes: int) -> tuple[Any, Any]:
+    """One fixed (images, labels) batch on the replica's first device, shaped as the loader yields
+    it for `cfg`: its batch, its dtype (bf16 runs take bf16 input) and, with channels-last, its
+    strides. Float32 NCHW input would add a cast and a layout copy per step that the real input does
+    not pay, and lower the ceiling."""
+    import torch
+
+    from trainer.startup import loader_args
+
+    args = loader_args(cfg, world, devices)
+    device = torch.device(devices[0])
+    images = torch.randn(args["batch_size"], 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device,
+                         dtype=getattr(torch, args["dtype"]))  # the loader's names are torch's
+    if args["channels_last"]:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, num_classes, (args["batch_size"],), device=device)
+    return images, labels
+
+
 def measure(model: Any, optimizer: Any, batches: Any, steps: int, devices: tuple[str, ...], autocast: Any,
-            channels_last: bool) -> dict[str, float]:
-    """images/s and data-wait share over `steps` timed steps after WARMUP untimed ones."""
+            channels_last: bool, clock: Any = None) -> dict[str, float]:
+    """images/s, data-wait and GPU-throttle shares over `steps` timed steps after WARMUP untimed ones;
+    `clock`: the loader's InputClock (pipeline.loader), which the chained epochs do not carry."""
     import torch
 
     from trainer.metrics import DataWait
@@ -73,11 +96,12 @@ def measure(model: Any, optimizer: Any, batches: Any, steps: int, devices: tuple
     _sync(devices)
     wait = DataWait()
     n = 0
-    for images, labels in itertools.islice(wait.wrap(it), steps):
+    for images, labels in itertools.islice(wait.wrap(it, clock), steps):
         n += step(images, labels)
     _sync(devices)
     elapsed = time.perf_counter() - wait.start
-    return {"images_per_s": n / elapsed, "data_wait": wait.waited / elapsed, "images": n}
+    return {"images_per_s": n / elapsed, "data_wait": wait.waited / elapsed,
+            "gpu_throttle": wait.throttled / elapsed, "images": n}
 
 
 @click.command(context_settings={"show_default": True})
@@ -134,10 +158,8 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
     optimizer = build.make_optimizer(cfg, model)
     if compile_mode != "none":
         model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
-    # One fixed batch already on the device: the ceiling with free input.
-    images = torch.randn(batch_size, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device)
-    labels = torch.randint(0, num_classes, (batch_size,), device=device)
-    synthetic = itertools.repeat((images, labels))
+    # One fixed batch already on the device, as the loader yields it: the ceiling with free input.
+    synthetic = itertools.repeat(synthetic_batch(cfg, world, devs, num_classes))
     rows.append(("synthetic", measure(model, optimizer, synthetic, steps, devs, autocast, channels_last)))
     batches_per_epoch = None
     if shards:
@@ -148,8 +170,8 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
             batches_per_epoch = len(loader)
             # Epochs back to back, as in training.
             batches = itertools.chain.from_iterable(loader.epoch(e) for e in itertools.count())
-            rows.append(("pipeline",
-                         measure(model, optimizer, batches, steps, devs, autocast, channels_last)))
+            rows.append(("pipeline", measure(model, optimizer, batches, steps, devs, autocast, channels_last,
+                                             loader.clock)))
             del batches, loader  # its DALI pipelines go before their folder
 
     m = machine()
@@ -160,9 +182,10 @@ def command(shards: str | None, devices: str | None, precision: str, channels_la
                f"compile {compile_mode}; batch {batch_size}; {steps} timed steps after {WARMUP} warm-up")
     if batches_per_epoch is not None and copies > 1:
         click.echo(f"pipeline: each train shard read {copies} times per epoch ({batches_per_epoch} batches)")
-    click.echo(f"{'input':<10} {'images/s':>10} {'data wait':>10}")
+    click.echo(f"{'input':<10} {'images/s':>10} {'data wait':>10} {'GPU throttle':>13}")
     for name, r in rows:
-        click.echo(f"{name:<10} {r['images_per_s']:>10.1f} {100 * r['data_wait']:>9.1f}%")
+        click.echo(f"{name:<10} {r['images_per_s']:>10.1f} {100 * r['data_wait']:>9.1f}% "
+                   f"{100 * r['gpu_throttle']:>12.1f}%")
     ratio = rows[1][1]["images_per_s"] / rows[0][1]["images_per_s"] if len(rows) == 2 else None
     if ratio is not None:
         click.echo(f"pipeline / synthetic: {ratio:.2f}")

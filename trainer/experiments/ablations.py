@@ -25,7 +25,7 @@ BASELINE = "baseline"
 # Run folder names, one per claim (switch, value), so a folder says what it changed.
 NAMES = {("norm", "none"): "no-lrn", ("pool", "nonoverlap"): "nonoverlap-pool",
          ("columns", 1): "one-column", ("dropout", 0.0): "no-dropout", ("lighting", "off"): "no-lighting",
-         ("augment", "none"): "no-augment"}
+         ("augment", "none"): "no-augment", ("activation", "tanh"): "tanh"}
 
 
 def runs() -> list[tuple[str, list[str]]]:

@@ -2,9 +2,9 @@
 first, and the paper's claimed differences beside them (compare.md, compare.png).
 
 Reads only run folders (params.json, metrics.jsonl), like `alexnet-report`. The paper's switches
-(`norm`, `pool`, `columns`, `dropout`, `lighting`, `augment`) are read from params.json's config with
-the paper's defaults when absent, so runs made before those switches existed compare as the paper's
-network.
+(`norm`, `pool`, `columns`, `dropout`, `lighting`, `augment`, `activation`) are read from params.json's
+config with the paper's defaults when absent, so runs made before those switches existed compare as the
+paper's network.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ COMPARE_PNG = "compare.png"
 
 # The switches of the paper's ablations and their defaults (the paper's network and training).
 SWITCHES: dict[str, Any] = {"norm": "lrn", "pool": "overlap", "columns": 2, "dropout": paper.DROPOUT,
-                            "lighting": "paper01", "augment": "full"}
+                            "lighting": "paper01", "augment": "full", "activation": "relu"}
 # Settings that do not change what a run measures, so two runs differing only in them still compare.
 IGNORED = {"shards", "out", "resume", "note", "progress", "devices", "log_every", "checkpoint_every",
            "compile", "channels_last"}
