@@ -216,19 +216,22 @@ def test_bad_switches_fail_at_start_up(kwargs: dict, match: str) -> None:
     ({"augment": "none", "lighting": "off"}, {"crop": "center", "mirror": False, "lighting": False}),
 ])
 def test_lighting_and_augment_reach_the_training_loader(monkeypatch, kwargs: dict, expected: dict) -> None:
+    """What each rank's loaders are asked for, written out here (not with loader_args, the code under
+    test): rank 1 of 2 takes shard 1 of 2 and half the global batch, and the augmentation switches
+    reach the training loader alone."""
     import pipeline
 
     seen: dict[str, dict] = {}
     monkeypatch.setattr(pipeline, "train_loader", lambda shards, **kw: seen.setdefault("train", kw))
     monkeypatch.setattr(pipeline, "eval_loader", lambda shards, **kw: seen.setdefault("val", kw))
-    cfg = TrainConfig(shards="s", out="o", **kwargs)
-    world = distributed.World(rank=0, size=1, local_rank=0, local_size=1)
+    cfg = TrainConfig(shards="s", out="o", batch_size=64, **kwargs)
+    world = distributed.World(rank=1, size=2, local_rank=1, local_size=2)
     _, val = build.load_data(cfg, world, ("cpu",))
     val(False)
-    default = TrainConfig(shards="s", out="o")
-    base = {**startup.loader_args(default, world, ("cpu",)), "seed": 0, "checkpoint": None}
-    assert seen["train"] == {**base, **expected}
-    assert seen["val"] == {**startup.loader_args(default, world, ("cpu",)), "crop": "center"}  # untouched
+    rank = {"batch_size": 32, "device": "cpu", "device_id": None, "shard_id": 1, "num_shards": 2,
+            "channels_last": True, "mean": "image", "dtype": "float32"}  # tf32 runs take fp32 input
+    assert seen["train"] == {**rank, "seed": 0, "checkpoint": None, **expected}
+    assert seen["val"] == {**rank, "crop": "center"}  # the augmentation switches leave it alone
 
 
 def test_validation_loaders_are_made_once_per_run(monkeypatch) -> None:
