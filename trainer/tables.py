@@ -213,7 +213,7 @@ def table2_markdown(five: dict[str, Any] | None, seven: dict[str, Any] | None, p
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, t1, t5, t5test in paper.TABLE2:
         r = ours[name]
-        mine = ([r, "", "–"] if isinstance(r, str) else ["not run"] * 3 if r is None
+        mine = ([r, "–" if r == "–" else "", "–"] if isinstance(r, str) else ["not run"] * 3 if r is None
                 else [pct(r["val_top1_err"]), pct(r["val_top5_err"]), "–"])
         lines.append(f"| {name} | {pct(t1)} | {pct(t5)} | {pct(t5test)} | " + " | ".join(mine) + " |")
     return "\n".join(lines) + "\n\n" + without_pretraining(ours["5 CNNs"], ours["7 CNNs*"]) + "\n"
