@@ -144,7 +144,9 @@ def run_step(argv: list[str], capture: bool) -> tuple[int, str]:
     """Run one step as a child process with the interpreter running this one (so it uses the same
     environment whatever PATH holds); its exit code and, if `capture`, its stdout."""
     entry = {"alexnet-train": "main", "alexnet-eval": "eval_main"}[argv[0]]
-    cmd = [sys.executable, "-c", f"from trainer.cli import {entry}; {entry}()", *argv[1:]]
+    # prog_name: the child's messages name the command the user knows, not "-c"
+    code = f"from trainer.cli import {entry}; {entry}(prog_name={argv[0]!r})"
+    cmd = [sys.executable, "-c", code, *argv[1:]]
     done = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)
     return done.returncode, done.stdout or ""
 
@@ -195,6 +197,10 @@ def table1_markdown(centre: dict[str, Any] | None, ten: dict[str, Any] | None) -
                       *rows]) + "\n"
 
 
+def result_of_dict(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if result is None else result.get("ensemble", result)
+
+
 def _member(result: dict[str, Any] | None, i: int) -> dict[str, Any] | None:
     members = (result or {}).get("members") or []
     return members[i] if i < len(members) else None
@@ -217,10 +223,6 @@ def table2_markdown(five: dict[str, Any] | None, seven: dict[str, Any] | None, p
                 else [pct(r["val_top1_err"]), pct(r["val_top5_err"]), "–"])
         lines.append(f"| {name} | {pct(t1)} | {pct(t5)} | {pct(t5test)} | " + " | ".join(mine) + " |")
     return "\n".join(lines) + "\n\n" + without_pretraining(ours["5 CNNs"], ours["7 CNNs*"]) + "\n"
-
-
-def result_of_dict(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if result is None else result.get("ensemble", result)
 
 
 def without_pretraining(five: Any, seven: Any) -> str:
