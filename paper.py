@@ -80,3 +80,11 @@ CLAIMS = (
 # (dashed line)." No regularization; each network's learning rate chosen for the fastest training.
 FIGURE1_TARGET_ERR = 0.25
 FIGURE1_SPEEDUP = 6
+
+# §6, Table 1: ILSVRC-2010 test set, (model, top-1 error, top-5 error). The CNN's figures average the
+# softmax over the ten patches of §4.1, as `alexnet-eval --ten-crop` does.
+TABLE1 = (("Sparse coding", 0.471, 0.282), ("SIFT + FVs", 0.457, 0.257), ("CNN", 0.375, 0.170))
+# §6, Table 2: ILSVRC-2012, (model, top-1 val, top-5 val, top-5 test); None where the paper has "–".
+# "*" marks the nets pre-trained on ImageNet Fall 2011 with a sixth conv layer, then fine-tuned.
+TABLE2 = (("SIFT + FVs", None, None, 0.262), ("1 CNN", 0.407, 0.182, None), ("5 CNNs", 0.381, 0.164, 0.164),
+          ("1 CNN*", 0.390, 0.166, None), ("7 CNNs*", 0.367, 0.154, 0.153))

@@ -1,5 +1,5 @@
 """Command lines: `alexnet-train`, `alexnet-eval`, `alexnet-report`, `alexnet-bench`, `alexnet-ablations`,
-`alexnet-figures`, `alexnet-figure1` and `alexnet-predict`.
+`alexnet-figures`, `alexnet-figure1`, `alexnet-table1`, `alexnet-table2` and `alexnet-predict`.
 
     alexnet-train --shards shards/ --out runs/paper
     alexnet-eval --checkpoint runs/paper --shards shards/ --ten-crop
@@ -314,6 +314,57 @@ def ablations_main(shards: str, out: str, epochs: int, print_only: bool, train_a
         raise click.BadParameter(f"must be positive, got {epochs}", param_hint="--epochs")
     sys.exit(ablations(shards, out, epochs, train_args, print_only, echo=click.echo))
 
+
+
+@click.command(context_settings=CONTEXT)
+@version.option("alexnet-table1")
+@click.option("--shards", required=True, help="ILSVRC-2010 shards with their labelled test split.")
+@click.option("--out", required=True, help="Folder for the run, the evaluations' JSON and table1.md.")
+@click.option("--epochs", type=int, default=paper.EPOCHS, help="Epochs of the training run (§5: ~90).")
+@click.option("--print", "print_only", is_flag=True, help="Print one command per line and run nothing.")
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+def table1_main(shards: str, out: str, epochs: int, print_only: bool, train_args: tuple[str, ...]) -> None:
+    """Table 1 (§6): train on ILSVRC-2010, evaluate its test split (centre crop and 10-crop), print the
+    table beside the paper's; a rerun skips finished steps. Flags after `--` go to alexnet-train."""
+    from trainer.experiments.tables import TableError
+    from trainer.experiments.tables import table1_main as table1
+
+    if epochs < 1:
+        raise click.BadParameter(f"must be positive, got {epochs}", param_hint="--epochs")
+    try:
+        sys.exit(table1(shards, out, epochs, train_args, print_only, echo=click.echo))
+    except TableError as e:
+        raise click.UsageError(str(e)) from None
+
+
+@click.command(context_settings=CONTEXT)
+@version.option("alexnet-table2")
+@click.option("--shards", required=True, help="ILSVRC-2012 shards.")
+@click.option("--pretrain-shards", default="",
+              help="ImageNet Fall shards for the starred rows (--conv6 pre-training, then fine-tuning).")
+@click.option("--out", required=True, help="Folder for the runs, the evaluations' JSON and table2.md.")
+@click.option("--epochs", type=int, default=paper.EPOCHS, help="Epochs of each CNN and pre-training (§5).")
+@click.option("--finetune-epochs", type=int, default=None, help="Epochs of fine-tuning [default: --epochs].")
+@click.option("--finetune-lr", type=float, default=None,
+              help="Fine-tuning learning rate (the paper gives none) [default: §5's 0.01 / 10].")
+@click.option("--print", "print_only", is_flag=True, help="Print one command per line and run nothing.")
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+def table2_main(shards: str, pretrain_shards: str, out: str, epochs: int, finetune_epochs: int | None,
+                finetune_lr: float | None, print_only: bool, train_args: tuple[str, ...]) -> None:
+    """Table 2 (§6): 5 CNNs and their ensemble; with --pretrain-shards two pre-trained, fine-tuned --conv6
+    nets and the 7-CNN* ensemble; the table beside the paper's. Flags after `--` go to alexnet-train."""
+    from trainer.experiments.tables import FINETUNE_LR, TableError
+    from trainer.experiments.tables import table2_main as table2
+
+    for hint, value in (("--epochs", epochs), ("--finetune-epochs", finetune_epochs)):
+        if value is not None and value < 1:
+            raise click.BadParameter(f"must be positive, got {value}", param_hint=hint)
+    try:
+        sys.exit(table2(shards, out, pretrain_shards, epochs, finetune_epochs,
+                        FINETUNE_LR if finetune_lr is None else finetune_lr, train_args, print_only,
+                        echo=click.echo))
+    except TableError as e:
+        raise click.UsageError(str(e)) from None
 
 @click.command(context_settings=CONTEXT)
 @version.option("alexnet-figures")
