@@ -47,9 +47,11 @@ demo: install
 	$(BIN)/alexnet-report $(DEMO)/run
 	@echo "summary: $(DEMO)/run/summary.md, curves: $(DEMO)/run/curves.png"
 
+# CI's command: every test but the heavy ones (4 processes, or a minute and more, on 2 cores) and
+# the GPU ones; -rs prints why anything was skipped (the compose stack without a Docker engine).
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs -m "not heavy and not gpu"
 
 test-all: install
 	$(BIN)/pytest -q -m ""

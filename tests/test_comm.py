@@ -165,7 +165,7 @@ def test_comm_prints_the_figures_and_fails_on_a_count_off_the_formula(monkeypatc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("k", [2, pytest.param(4, marks=pytest.mark.heavy)])
 def test_one_training_step_sends_the_formulas_bytes(k: int, tmp_path: Path) -> None:
     """The real thing at 1 image per rank and 10 classes: both modes' counts equal the formula exactly,
     with the collectives the notes list (hybrid: 2 all-gathers, 2 reduce-scatters, DDP's all-reduces)."""

@@ -150,7 +150,8 @@ def test_replica_devices_shift_by_local_rank() -> None:
     assert distributed.replica_devices(("cpu",), world) == ("cpu",)
 
 
-@pytest.mark.slow  # minutes on 2 cores: each process compiles the train and eval graphs (inductor, CPU)
+@pytest.mark.slow
+@pytest.mark.heavy  # ~1 min on 2 cores: each process compiles the train and eval graphs (inductor, CPU)
 def test_ddp_with_compile_and_two_device_replicas(sample_shards: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """--compile under DDP (2 gloo processes), each replica on two logical devices ("cpu,cpu": the

@@ -290,6 +290,7 @@ def test_table_judges_misses_and_failed_steps(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~45 s: the GPU check's whole sequence on the CPU
 def test_cpu_smoke_run_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "check"
     result = gpu_check_run("--cpu-smoke", str(out), timeout=CPU_SMOKE.total_s + 60)

@@ -120,8 +120,8 @@ def hybrid_step(k: int, sgd: str, dtype: torch.dtype, tmp: Path,
     (2, "paper", torch.float64, {}),
     (2, "torch", torch.float64, {}),
     (2, "paper", torch.float64, {"conv6": True, "activation": "tanh"}),  # §6's conv6 in the trunk, tanh
-    pytest.param(4, "paper", torch.float64, {}, marks=pytest.mark.slow),
-    pytest.param(4, "torch", torch.float64, {}, marks=pytest.mark.slow),
+    pytest.param(4, "paper", torch.float64, {}, marks=[pytest.mark.slow, pytest.mark.heavy]),
+    pytest.param(4, "torch", torch.float64, {}, marks=[pytest.mark.slow, pytest.mark.heavy]),
 ])
 def test_hybrid_step_equals_one_process_on_the_global_batch(k: int, sgd: str, dtype: torch.dtype,
                                                            switches: dict[str, Any], tmp_path: Path) -> None:
@@ -238,7 +238,8 @@ def test_trainer_hybrid_equals_one_process_and_checkpoints_move(sample_shards: P
     assert_same_run(run, straight, rtol)
 
 
-@pytest.mark.slow  # 4 + 2 + 4 processes on 2 cores: ~1 min
+@pytest.mark.slow
+@pytest.mark.heavy  # 4 + 2 + 4 processes on 2 cores: ~3 min
 def test_trainer_hybrid_at_four_and_switching_k_and_ddp(sample_shards: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """K=4 equals one process; a K=2 hybrid checkpoint continues under K=4 and under DDP."""

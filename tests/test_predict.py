@@ -186,7 +186,7 @@ def test_a_trained_runs_final_weights_predict_as_they_evaluate(sample_shards: Pa
     from trainer.cli import main as train_main
     from trainer.config import TrainConfig
     from trainer.model import AlexNet
-    from trainer.train import model_args
+    from trainer.startup import model_args
 
     run = tmp_path / "run"
     result = CliRunner().invoke(train_main, ["--shards", str(sample_shards), "--out", str(run), "--epochs",
