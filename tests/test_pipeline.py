@@ -338,8 +338,11 @@ def test_next_epoch_pipeline_is_built_off_the_training_thread_with_the_same_batc
         return real(**kw)
 
     monkeypatch.setattr(train_module, "_train_pipeline", recording)
-    ahead = run_epochs(train_loader(shards, batch_size=8, seed=5, **CPU), [0, 1, 2])
-    # epoch 0 on first use; 1 and 2 (and 3, perhaps still building) ahead, on the builder thread
+    overlapping = train_loader(shards, batch_size=8, seed=5, **CPU)
+    ahead = run_epochs(overlapping, [0, 1, 2])
+    if overlapping._builder is not None:  # epoch 3's build, perhaps still under way: let it end first
+        overlapping._builder.shutdown(wait=True)
+    # epoch 0 on first use; 1, 2 and 3 ahead, on the builder thread
     assert len(on_caller) >= 3 and on_caller[0] and not any(on_caller[1:])
     on_caller.clear()
     inline = run_epochs(train_loader(shards, batch_size=8, seed=5, **TRAIN), [0, 1, 2])
