@@ -33,15 +33,17 @@ def tar_member(tar_path: Path, inner: str, member: str | None = None) -> bytes:
         return tar.extractfile(member).read()
 
 
-def raw_images(root: Path) -> dict[str, bytes]:
-    """key -> bytes of every image in a raw sample (train and val)."""
+def raw_images(root: Path, train: str = "ILSVRC2012_img_train.tar",
+               val: str = "ILSVRC2012_img_val.tar") -> dict[str, bytes]:
+    """key -> bytes of every image in a raw sample (train and val); the val tar's members may sit
+    under a folder (2010's `val/`)."""
     images = {}
-    with tarfile.open(root / "ILSVRC2012_img_train.tar") as outer:
+    with tarfile.open(root / train) as outer:
         for m in outer:
             with tarfile.open(fileobj=outer.extractfile(m)) as inner:
                 images.update({n.name[:-5]: inner.extractfile(n).read() for n in inner})
-    with tarfile.open(root / "ILSVRC2012_img_val.tar") as val:
-        images.update({n.name[:-5]: val.extractfile(n).read() for n in val})
+    with tarfile.open(root / val) as tar:
+        images.update({n.name.rsplit("/", 1)[-1][:-5]: tar.extractfile(n).read() for n in tar if n.isfile()})
     return images
 
 
@@ -235,7 +237,8 @@ def test_year_2010_as_published(tmp_path: Path) -> None:
         kinds.setdefault(q["kind"], []).append(q)
     assert sorted(q["split"] for q in kinds["gzip"]) == ["train", "val"]
     assert sorted(q["split"] for q in kinds["patched"]) == ["test", "train"]
-    images = {**raw_images_2010(tmp_path), **{n.rsplit("/", 1)[1][:-5]: d for n, d in test.items()}}
+    raw = raw_images(tmp_path, "ILSVRC2010_images_train.tar", "ILSVRC2010_images_val.tar")
+    images = {**raw, **{n.rsplit("/", 1)[1][:-5]: d for n, d in test.items()}}
     for q in kinds["gzip"]:
         data = images[q["key"]]
         assert data[:2] == b"\x1f\x8b" and gzip.decompress(data)[:2] == b"\xff\xd8"
@@ -252,17 +255,6 @@ def test_year_2010_as_published(tmp_path: Path) -> None:
     assert make_sample(str(again), **SMALL_2010) == summary
     assert tree(str(again)) == tree(str(tmp_path))
 
-
-def raw_images_2010(root: Path) -> dict[str, bytes]:
-    """key -> bytes of every train and val image of a 2010 sample."""
-    images = {}
-    with tarfile.open(root / "ILSVRC2010_images_train.tar") as outer:
-        for m in outer:
-            with tarfile.open(fileobj=outer.extractfile(m)) as inner:
-                images.update({n.name[:-5]: inner.extractfile(n).read() for n in inner})
-    with tarfile.open(root / "ILSVRC2010_images_val.tar") as val:
-        images.update({n.name.rsplit("/", 1)[1][:-5]: val.extractfile(n).read() for n in val if n.isfile()})
-    return images
 
 
 def test_test_per_class_only_for_2010(tmp_path: Path) -> None:
