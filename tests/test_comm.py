@@ -24,6 +24,7 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
+from trainer import distributed
 from trainer.benchmarks import comm
 from trainer.cli import bench_main
 from trainer.model import AlexNet
@@ -81,6 +82,7 @@ def _collectives(rank: int, k: int, port: int, out: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    distributed.leave()  # DDP with the counter's comm hook: see its docstring (a SIGABRT in CI before)
 
 
 @pytest.mark.parametrize("k", [2, pytest.param(3, marks=pytest.mark.slow)])

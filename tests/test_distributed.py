@@ -117,6 +117,62 @@ def test_the_rounding_model_bounds_a_real_forward_pass() -> None:
     assert (y32 - y64).abs().max() / y64.abs().max() <= forward_rtol(model)
 
 
+def _gloo_threads() -> list[str]:
+    names = (Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
+    return sorted(n for n in names if "gloo" in n)
+
+
+def _group(port: int, rank: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.init(distributed.World(rank, WORLD, rank, WORLD), "gloo")
+
+
+def _hooked_ddp_then_leave(rank: int, ports: tuple[int, int], out: str) -> None:
+    from trainer.benchmarks.comm import CommCounter
+
+    torch.set_num_threads(1)
+    _group(ports[0], rank)  # control: a group that only all-reduced ends with destroy_process_group
+    distributed.all_reduce_sum(torch.ones(3))
+    plain = len(_gloo_threads())
+    distributed.shutdown()
+    plain_after = len(_gloo_threads())
+    _group(ports[1], rank)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(10, 3))
+    CommCounter().register(model)  # a Python comm hook, as alexnet-bench comm's
+    for _ in range(3):
+        model(torch.ones(2, 10)).sum().backward()
+    ddp = len(_gloo_threads())
+    del model
+    distributed.shutdown()
+    Path(out, f"rank{rank}.txt").write_text(f"{plain} {plain_after} {ddp} {len(_gloo_threads())}")
+    distributed.leave(0)
+
+
+def test_a_ddp_models_gloo_group_outlives_shutdown_so_its_workers_leave() -> None:
+    """Why `distributed.leave` exists: with torch 2.13, a DDP model keeps the gloo group's threads
+    running after destroy_process_group, even once the model is gone, where a group used without DDP
+    ends there. If this fails on the DDP part, torch now frees the group, and `leave` can go. Both
+    workers exit with code 0 through `leave`, their results already written."""
+    import tempfile
+
+    ports = (free_port(), free_port())
+    while ports[1] == ports[0]:
+        ports = (ports[0], free_port())
+    with tempfile.TemporaryDirectory() as out:
+        mp.spawn(_hooked_ddp_then_leave, args=(ports, out), nprocs=WORLD, join=True)
+        counts = [[int(n) for n in Path(out, f"rank{r}.txt").read_text().split()] for r in range(WORLD)]
+    for plain, plain_after, ddp, ddp_after in counts:
+        assert plain > 0 and plain_after == 0
+        assert ddp > 0 and ddp_after == ddp
+
+
+def test_leave_flushes_its_output_and_exits_with_the_code_given() -> None:
+    code = ("import sys; from trainer.distributed import leave; print('written', end=''); "
+            "print('noted', end='', file=sys.stderr); leave(3)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "written", "noted")
+
+
 @pytest.mark.slow  # ~25 s: torchrun, 2 processes, the real DALI CPU pipeline
 def test_torchrun_with_the_pipeline(sample_shards: Path, tmp_path: Path) -> None:
     """47 images over 2 ranks (23 and 24, padded): every image trained on and evaluated once."""

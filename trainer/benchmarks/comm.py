@@ -307,6 +307,7 @@ def _rank(rank: int, k: int, port: int, mode: str, per_rank: int, num_classes: i
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    distributed.leave()  # the counter's comm hook: see its docstring
 
 
 def measure(mode: str, k: int, per_rank: int, num_classes: int, out: str) -> dict[str, Any]:
