@@ -110,23 +110,34 @@ def test_torchvision_checkpoint_is_explained(sample_shards: Path, tmp_path: Path
     assert len(errors) == 1 and str(path) in errors[0]
 
 
-def test_eval_of_a_runs_best_pt(sample_shards: Path, tmp_path: Path) -> None:
-    from tools import atomic
-    from trainer import checkpoint
-    from trainer.config import TrainConfig
+def _run_with_best_pt(tmp_path: Path, num_classes: int) -> Path:
+    """A run folder holding only best.pt: a seeded Kaiming-initialized AlexNet's weights."""
     from trainer.model import AlexNet
 
     run = tmp_path / "run"
     run.mkdir()
     torch.manual_seed(0)
-    model = AlexNet(num_classes=4, devices=("cpu",), init="kaiming")
+    model = AlexNet(num_classes=num_classes, devices=("cpu",), init="kaiming")
     checkpoint.save_weights(run / "best.pt", model.state_dict())
+    return run
+
+
+def _write_params(run: Path) -> None:
+    """The run's params.json with the training config eval rebuilds the model from."""
+    from tools import atomic
+    from trainer.config import TrainConfig
+
+    atomic.write_json(str(run / "params.json"),
+                      {"config": TrainConfig(shards="", out="", init="kaiming").to_dict()})
+
+
+def test_eval_of_a_runs_best_pt(sample_shards: Path, tmp_path: Path) -> None:
+    run = _run_with_best_pt(tmp_path, num_classes=4)
     args = ["--checkpoint", str(run / "best.pt"), "--shards", str(sample_shards), "--devices", "cpu",
             "--precision", "fp32", "--json", "--no-progress"]
     result = CliRunner().invoke(eval_main, args)
     assert result.exit_code == 2 and "params.json" in result.output and "is not beside it" in result.output
-    atomic.write_json(str(run / "params.json"),
-                      {"config": TrainConfig(shards="", out="", init="kaiming").to_dict()})
+    _write_params(run)
     result = CliRunner().invoke(eval_main, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["val_samples"] == 16
@@ -134,18 +145,8 @@ def test_eval_of_a_runs_best_pt(sample_shards: Path, tmp_path: Path) -> None:
 
 def test_eval_of_the_2010_test_split(sample2010_shards: Path, tmp_path: Path) -> None:
     """--split test reads the test shards (9 images; val has 6): one model, and an ensemble with ten crops."""
-    from tools import atomic
-    from trainer import checkpoint
-    from trainer.config import TrainConfig
-    from trainer.model import AlexNet
-
-    run = tmp_path / "run"
-    run.mkdir()
-    torch.manual_seed(0)
-    model = AlexNet(num_classes=3, devices=("cpu",), init="kaiming")
-    checkpoint.save_weights(run / "best.pt", model.state_dict())
-    config = TrainConfig(shards="", out="", init="kaiming").to_dict()
-    atomic.write_json(str(run / "params.json"), {"config": config})
+    run = _run_with_best_pt(tmp_path, num_classes=3)
+    _write_params(run)
     common = ["--shards", str(sample2010_shards), "--devices", "cpu", "--precision", "fp32", "--no-progress"]
     one = ["--checkpoint", str(run / "best.pt"), *common]
     seen = {}
