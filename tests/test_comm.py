@@ -88,7 +88,7 @@ def _collectives(rank: int, k: int, port: int, out: str) -> None:
 @pytest.mark.parametrize("k", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_counter_counts_each_collective_at_its_ring_cost(k: int, tmp_path: Path) -> None:
     out = tmp_path / "counts.pt"
-    mp.spawn(_collectives, args=(k, comm.free_port(), str(out)), nprocs=k, join=True)
+    mp.spawn(_collectives, args=(k, distributed.free_port(), str(out)), nprocs=k, join=True)
     everyone = torch.load(out, weights_only=False)
     assert all(counts == everyone[0] for counts in everyone)  # every rank sends the same
     c = everyone[0]

@@ -10,7 +10,6 @@ The runs compared are in float64 (tests/tolerance.py says why): in float32 two D
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,15 +26,10 @@ from tests.tolerance import LOSS_RTOL, forward_rtol
 from trainer import checkpoint, distributed, metrics, train
 from trainer.cli import main as train_cli
 from trainer.config import TrainConfig
+from trainer.distributed import free_port
 from trainer.model import AlexNet
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, cfg: dict[str, Any], env: dict[str, str]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,17 +27,12 @@ from tests.tolerance import LOSS_RTOL, forward_rtol
 from trainer import checkpoint, hybrid, metrics, optim, train
 from trainer.cli import main as train_cli
 from trainer.config import TrainConfig
+from trainer.distributed import free_port
 from trainer.model import AlexNet
 from trainer.state import unwrap
 
 PER_RANK = 2
 CLASSES = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def net(dtype: torch.dtype = torch.float32, norm: str = "lrn", **switches: Any) -> AlexNet:

@@ -10,6 +10,7 @@ in DistributedDataParallel; the pipeline reads shard_id=rank of num_shards=world
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -71,6 +72,13 @@ def leave(code: int = 0) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, for the MASTER_PORT of workers spawned here."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:

@@ -33,7 +33,6 @@ kinds and sizes are what is measured), not gloo's bytes on the wire: gloo picks 
 from __future__ import annotations
 
 import os
-import socket
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -262,12 +261,6 @@ def _counted_allreduce(counter: CommCounter, bucket):  # noqa: ANN001, ANN202 - 
 
 # --- one measured step on K processes --------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def build(mode: str, num_classes: int, rank: int, k: int) -> tuple[nn.Module, torch.optim.Optimizer, AlexNet]:
     """The trainer's model and optimizer for `alexnet-train --parallel mode` on this rank (the process
     group is up), and the AlexNet inside. The bytes depend on none of the settings left at their
@@ -315,7 +308,7 @@ def measure(mode: str, k: int, per_rank: int, num_classes: int, out: str) -> dic
     WARMUP_STEPS), counted on every rank. Returns each rank's counts ("ranks") and the model's Sizes."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_rank, args=(k, free_port(), mode, per_rank, num_classes, out), nprocs=k, join=True)
+    mp.spawn(_rank, args=(k, distributed.free_port(), mode, per_rank, num_classes, out), nprocs=k, join=True)
     return torch.load(out, weights_only=False)
 
 
